@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the scidata.replication collection. Do not use this from other collections.
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    # The standard attribute descriptions; each module states its own support level.
+    DOCUMENTATION = r"""
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+  idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation
+        indicates no change.
+"""
+
+    # For modules that only read.
+    INFO_MODULE = r"""
+attributes:
+  check_mode:
+    support: full
+    details:
+      - This action does not modify state.
+  diff_mode:
+    support: N/A
+    details:
+      - This action does not modify state.
+  idempotent:
+    support: full
+"""
+
+    ACTIONGROUP_REPLICATION = r"""
+attributes:
+  action_group:
+    description: Use C(group/scidata.replication.replication) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - scidata.replication.replication
+"""

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole test run behind `make test`, on a fresh Debian machine as root (or with sudo):
+# system packages, the pinned .venv, the ansible_collections layout, then sanity, pytest
+# (units, the emulator and playbook-driven system tests) and ansible-test integration
+# against real services started here and stopped on exit.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+stage() { printf '\n===== %s =====\n' "$*"; }
+
+# -- system packages ------------------------------------------------------------------------
+packages=(rsync openssh-server openssh-client postgresql git)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  stage "installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# -- Python: ansible-core 2.20+ needs Python >= 3.12 on the controller ------------------------
+python=""
+for candidate in "$(command -v pyenv >/dev/null && pyenv root || echo /root/.pyenv)"/versions/3.12.*/bin/python \
+                 "$(command -v python3.12 || true)" "$(command -v python3.13 || true)"; do
+  [ -x "$candidate" ] && { python=$candidate; break; }
+done
+[ -n "$python" ] || { echo "Python 3.12 or 3.13 is needed for ansible-core 2.21" >&2; exit 1; }
+stamp=".venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  stage "creating .venv with $python"
+  rm -rf .venv
+  "$python" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+  touch "$stamp"
+fi
+export PATH="$repo/.venv/bin:$PATH"
+
+# -- layout ---------------------------------------------------------------------------------
+collection=$(bash tests/harness/layout.sh)
+cd "$collection"
+
+# ansible-test --requirements fetches get-pip from a host the build machines cannot reach; it
+# uses this cache file instead when present. The stand-in bootstraps pip from ensurepip.
+getpip_version=$(python - <<'PY'
+from ansible_test._internal.python_requirements import get_venv_packages
+
+
+class Python312:
+    version = "3.12"
+
+
+print(get_venv_packages(Python312())["pip"].replace(".", "_"))
+PY
+)
+mkdir -p ~/.ansible/test/cache
+for f in ~/.ansible/test/cache/get_pip_"$getpip_version".py; do
+  cat > "$f" <<'PY'
+import ensurepip
+import os
+import subprocess
+import sys
+
+ensurepip.bootstrap(upgrade=True)
+os.environ.pop("PIP_CONFIG_FILE", None)  # ensurepip points it at /dev/null, losing the CA configuration
+skip = ("--no-setuptools", "--no-wheel")
+sys.exit(subprocess.call([sys.executable, "-m", "pip", "install"] + [a for a in sys.argv[1:] if a not in skip]))
+PY
+done
+
+status=0
+stage "ansible-test sanity"
+ansible-test sanity --local --python 3.12 --requirements --color no -v 2>&1 | grep -vE '^WARNING: Location' || status=1
+
+stage "antsibull-changelog lint"
+antsibull-changelog lint || status=1
+
+stage "pytest: units, emulator, playbook-driven system tests"
+python -m pytest -p no:cacheprovider -q -ra tests/unit tests/system $( [ -d tests/emulator/tests ] && echo tests/emulator/tests ) || status=1
+
+stage "ansible-test integration against real services"
+workdir=$(mktemp -d /tmp/scidata-services-XXXXXX)
+chmod 755 "$workdir"
+cleanup() { python tests/harness/services.py stop --workdir "$workdir" >/dev/null 2>&1 || true; rm -rf "$workdir"; }
+trap cleanup EXIT
+python tests/harness/services.py start --workdir "$workdir" --config-out tests/integration/integration_config.yml >/dev/null
+ansible-test integration --local --python 3.12 --color no 2>&1 | tee /tmp/scidata-integration.log || status=1
+targets=$(grep -c '^Running .* integration test role' /tmp/scidata-integration.log || true)
+failures=$(grep -cE 'failed=[1-9]|unreachable=[1-9]' /tmp/scidata-integration.log || true)
+[ "$status" = 0 ] || failures=$((failures + 1))
+echo "integration: $targets targets run"
+exit "$status"
