@@ -68,25 +68,29 @@ sys.exit(subprocess.call([sys.executable, "-m", "pip", "install"] + [a for a in 
 PY
 done
 
-status=0
-stage "ansible-test sanity"
-ansible-test sanity --local --python 3.12 --requirements --color no -v 2>&1 | grep -vE '^WARNING: Location' || status=1
+passed=0
+failed=0
+run_stage() {
+  local name=$1
+  shift
+  stage "$name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $name"; fi
+}
+without_pip_noise() { "$@" 2>&1 | grep -v '^WARNING: Location'; return "${PIPESTATUS[0]}"; }
 
-stage "antsibull-changelog lint"
-antsibull-changelog lint || status=1
+run_stage "ansible-test sanity" without_pip_noise ansible-test sanity --local --python 3.12 --requirements --color no
+run_stage "antsibull-changelog lint" antsibull-changelog lint
+pytest_dirs=(tests/unit tests/system)
+[ -d tests/emulator/tests ] && pytest_dirs+=(tests/emulator/tests)
+run_stage "pytest: units, emulator, playbook-driven system tests" python -m pytest -p no:cacheprovider -q -ra "${pytest_dirs[@]}"
 
-stage "pytest: units, emulator, playbook-driven system tests"
-python -m pytest -p no:cacheprovider -q -ra tests/unit tests/system $( [ -d tests/emulator/tests ] && echo tests/emulator/tests ) || status=1
-
-stage "ansible-test integration against real services"
 workdir=$(mktemp -d /tmp/scidata-services-XXXXXX)
 chmod 755 "$workdir"
 cleanup() { python tests/harness/services.py stop --workdir "$workdir" >/dev/null 2>&1 || true; rm -rf "$workdir"; }
 trap cleanup EXIT
 python tests/harness/services.py start --workdir "$workdir" --config-out tests/integration/integration_config.yml >/dev/null
-ansible-test integration --local --python 3.12 --color no 2>&1 | tee /tmp/scidata-integration.log || status=1
-targets=$(grep -c '^Running .* integration test role' /tmp/scidata-integration.log || true)
-failures=$(grep -cE 'failed=[1-9]|unreachable=[1-9]' /tmp/scidata-integration.log || true)
-[ "$status" = 0 ] || failures=$((failures + 1))
-echo "integration: $targets targets run"
-exit "$status"
+run_stage "ansible-test integration against real services" ansible-test integration --local --python 3.12 --color no
+
+echo
+echo "make test stages: $passed passed, $failed failed"
+[ "$failed" = 0 ]
