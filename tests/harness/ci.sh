@@ -9,7 +9,7 @@ cd "$repo"
 stage() { printf '\n===== %s =====\n' "$*"; }
 
 # -- system packages ------------------------------------------------------------------------
-packages=(rsync openssh-server openssh-client postgresql git)
+packages=(rsync openssh-server openssh-client postgresql git shellcheck)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -54,8 +54,7 @@ print(get_venv_packages(Python312())["pip"].replace(".", "_"))
 PY
 )
 mkdir -p ~/.ansible/test/cache
-for f in ~/.ansible/test/cache/get_pip_"$getpip_version".py; do
-  cat > "$f" <<'PY'
+cat > ~/.ansible/test/cache/get_pip_"$getpip_version".py <<'PY'
 import ensurepip
 import os
 import subprocess
@@ -66,7 +65,6 @@ os.environ.pop("PIP_CONFIG_FILE", None)  # ensurepip points it at /dev/null, los
 skip = ("--no-setuptools", "--no-wheel")
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install"] + [a for a in sys.argv[1:] if a not in skip]))
 PY
-done
 
 passed=0
 failed=0
@@ -78,7 +76,13 @@ run_stage() {
 }
 without_pip_noise() { "$@" 2>&1 | grep -v '^WARNING: Location'; return "${PIPESTATUS[0]}"; }
 
-run_stage "ansible-test sanity" without_pip_noise ansible-test sanity --local --python 3.12 --requirements --color no
+# Every Python the modules support (3.9+) that is installed joins the compile and import tests.
+sanity_path=$PATH
+for bin in "$(dirname "$(dirname "$(dirname "$python")")")"/3.{9,10,11,13}*/bin; do
+  [ -d "$bin" ] && sanity_path="$sanity_path:$bin"
+done
+run_stage "ansible-test sanity" without_pip_noise env PATH="$sanity_path" \
+  ansible-test sanity --venv --requirements --color no
 run_stage "antsibull-changelog lint" antsibull-changelog lint
 pytest_dirs=(tests/unit tests/system)
 [ -d tests/emulator/tests ] && pytest_dirs+=(tests/emulator/tests)
