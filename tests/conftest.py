@@ -22,7 +22,7 @@ import pytest
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 COLLECTION_ROOT = os.path.dirname(TESTS_DIR)
 COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
-sys.path[:0] = [COLLECTIONS_PATH, os.path.join(TESTS_DIR, "harness")]
+sys.path[:0] = [COLLECTIONS_PATH, os.path.join(TESTS_DIR, "harness"), os.path.join(TESTS_DIR, "emulator")]
 
 import services  # noqa: E402  (needs the path above)
 

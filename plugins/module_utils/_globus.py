@@ -14,8 +14,10 @@ Retries (429 and 5xx with backoff, Retry-After honoured) are the SDK's own ``Ret
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 import time
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import (
@@ -79,12 +81,21 @@ def resolve_auth_mode(settings):
     return mode
 
 
-def token_storage(token_file):
+def token_namespace(data_access_collections=()):
+    """Tokens consented for other data_access collections are kept apart, so a changed list
+    means a new login instead of tokens that lack a consent."""
+    if not data_access_collections:
+        return TOKEN_NAMESPACE
+    digest = hashlib.sha256(" ".join(sorted(data_access_collections)).encode("utf-8")).hexdigest()
+    return "%s-%s" % (TOKEN_NAMESPACE, digest[:12])
+
+
+def token_storage(token_file, data_access_collections=()):
     """globus-sdk's JSON token storage; the file is created 0600 inside a 0700 directory."""
     directory = os.path.dirname(os.path.abspath(token_file))
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700)
-    return JSONTokenStorage(token_file, namespace=TOKEN_NAMESPACE)
+    return JSONTokenStorage(token_file, namespace=token_namespace(data_access_collections))
 
 
 def build_authorizer(settings):
@@ -95,7 +106,7 @@ def build_authorizer(settings):
     if mode == "client_credentials":
         app = globus_sdk.ConfidentialAppAuthClient(settings["client_id"], settings["client_secret"])
         return globus_sdk.ClientCredentialsAuthorizer(app, transfer_scope(settings.get("data_access_collections") or ()))
-    storage = token_storage(settings["token_file"])
+    storage = token_storage(settings["token_file"], settings.get("data_access_collections") or ())
     tokens = storage.get_token_data(globus_sdk.TransferClient.resource_server)
     if tokens is None or not tokens.refresh_token:
         raise ConfigError("the token file %s holds no Transfer refresh token; log in with "
@@ -142,6 +153,125 @@ def api_errors(action, collection=None):
         raise GlobusError("%s failed: cannot reach Globus: %s" % (action, exc), code="NetworkError")
     except globus_sdk.GlobusSDKUsageError as exc:
         raise ConfigError("%s: %s" % (action, exc))
+
+
+class NativeLogin(object):
+    """The native-app login split across two runs: the authorize URL first, the code exchange next.
+
+    The PKCE verifier must be the same in both runs, so it waits in ``<token_file>.pending``
+    (0600) until the code is exchanged.
+    """
+
+    def __init__(self, client_id, token_file, data_access_collections=(), max_retries=5):
+        require_sdk()
+        self.token_file = token_file
+        self.pending_file = token_file + ".pending"
+        self.collections = list(data_access_collections)
+        self.scope = transfer_scope(self.collections)
+        self.scopes = str(self.scope)
+        self.client = globus_sdk.NativeAppAuthClient(client_id, app_name=USER_AGENT,
+                                                     retry_config=RetryConfig(max_retries=max_retries))
+
+    def _tokens(self):
+        if not os.path.exists(self.token_file):
+            return None
+        return token_storage(self.token_file, self.collections).get_token_data(
+            globus_sdk.TransferClient.resource_server)
+
+    def has_tokens(self):
+        tokens = self._tokens()
+        return bool(tokens and tokens.refresh_token)
+
+    def _start_flow(self, verifier):
+        self.client.oauth2_start_flow(requested_scopes=self.scope, refresh_tokens=True, verifier=verifier)
+
+    def _pending_verifier(self):
+        if not os.path.exists(self.pending_file):
+            return None
+        with open(self.pending_file) as handle:
+            pending = json.load(handle)
+        return pending["verifier"] if pending.get("scopes") == self.scopes else None
+
+    def authorize_url(self):
+        """The login URL; repeated runs return the same URL until the code is exchanged."""
+        verifier = self._pending_verifier()
+        if verifier is None:
+            verifier = secrets.token_urlsafe(64)
+            directory = os.path.dirname(os.path.abspath(self.pending_file))
+            if not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o700)
+            descriptor = os.open(self.pending_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(dict(verifier=verifier, scopes=self.scopes), handle)
+        self._start_flow(verifier)
+        return self.client.oauth2_get_authorize_url()
+
+    def exchange(self, auth_code):
+        verifier = self._pending_verifier()
+        if verifier is None:
+            raise ConfigError("no login is waiting for a code: run without auth_code first to get the authorize_url")
+        self._start_flow(verifier)
+        with api_errors("exchange the authorization code"):
+            tokens = self.client.oauth2_exchange_code_for_tokens(auth_code.strip())
+        token_storage(self.token_file, self.collections).store_token_response(tokens)
+        os.chmod(self.token_file, 0o600)
+        os.unlink(self.pending_file)
+
+    def logout(self):
+        """Revoke every stored token, then remove the file."""
+        storage = token_storage(self.token_file, self.collections)
+        with api_errors("revoke tokens"):
+            for tokens in storage.get_token_data_by_resource_server().values():
+                for token in (tokens.refresh_token, tokens.access_token):
+                    if token:
+                        self.client.oauth2_revoke_token(token)
+        os.unlink(self.token_file)
+
+
+# -- collections ---------------------------------------------------------------------------
+ENTITY_TYPES = {
+    "GCSv5_mapped_collection": "GCSv5 mapped collection",
+    "GCSv5_guest_collection": "GCSv5 guest collection",
+    "GCSv5_endpoint": "GCSv5 endpoint",
+    "GCP_mapped_collection": "GCP mapped collection",
+    "GCP_guest_collection": "GCP guest collection",
+    "GCSv4_host": "GCSv4 endpoint",
+    "GCSv4_share": "GCSv4 shared endpoint",
+}
+
+
+def collection_readiness(client, collection_id, paths):
+    """Describe one collection and whether a transfer can use it; never raises for API errors."""
+    report = dict(id=collection_id, display_name=None, entity_type=None, type=None, connected=None, paused=None,
+                  paths=[], ready=False, reasons=[])
+    try:
+        with api_errors("read collection %s" % collection_id, collection=collection_id):
+            endpoint = client.get_endpoint(collection_id)
+    except GlobusError as exc:
+        report["reasons"].append(exc.msg)
+        return report
+    entity_type = endpoint.get("entity_type")
+    report.update(display_name=endpoint.get("display_name") or endpoint.get("canonical_name"),
+                  entity_type=entity_type, type=ENTITY_TYPES.get(entity_type, entity_type))
+    if entity_type and entity_type.startswith("GCP_"):
+        report.update(connected=bool(endpoint.get("gcp_connected")), paused=bool(endpoint.get("gcp_paused")))
+        if not report["connected"]:
+            report["reasons"].append("Globus Connect Personal on %s is not connected" % collection_id)
+        if report["paused"]:
+            report["reasons"].append("Globus Connect Personal on %s is paused" % collection_id)
+    if entity_type == "GCSv5_endpoint":
+        report["reasons"].append("%s is a Globus Connect Server endpoint, not a collection: use one of its "
+                                 "collections" % collection_id)
+    for path in paths:
+        try:
+            with api_errors("list %s on %s" % (path, collection_id), collection=collection_id):
+                client.operation_ls(collection_id, path=path, limit=1)
+            report["paths"].append(dict(path=path, listable=True, error=None))
+        except GlobusError as exc:
+            report["paths"].append(dict(path=path, listable=False, error=exc.msg))
+            report["reasons"].append(exc.msg)
+    report["ready"] = not report["reasons"]
+    return report
 
 
 # -- exactly-once submission ---------------------------------------------------------------

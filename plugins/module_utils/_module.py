@@ -26,9 +26,11 @@ from ansible_collections.scidata.replication.plugins.module_utils._errors import
     MissingLibraryError,
     ReplicationError,
 )
+from ansible_collections.scidata.replication.plugins.module_utils._globus import AUTH_MODES, transfer_client
 from ansible_collections.scidata.replication.plugins.module_utils._state import open_state
 
 DEFAULT_STATE_DB = "~/.local/state/scidata-replication/state.db"
+DEFAULT_TOKEN_FILE = "~/.globus/scidata-replication/tokens.json"
 LOCK_POLL_SECONDS = 0.2
 
 # Documented in the scidata.replication._state doc fragment.
@@ -38,6 +40,18 @@ STATE_ARGUMENT_SPEC = dict(
     lock_file=dict(type="path", fallback=(env_fallback, ["SCIDATA_LOCK_FILE"])),
     lock_timeout=dict(type="int", default=0),
     log_file=dict(type="path", fallback=(env_fallback, ["SCIDATA_LOG_FILE"])),
+)
+
+
+# Documented in the scidata.replication._globus doc fragment; names match the AWX credential type.
+GLOBUS_ARGUMENT_SPEC = dict(
+    auth_mode=dict(type="str", default="auto", choices=list(AUTH_MODES)),
+    client_id=dict(type="str", fallback=(env_fallback, ["GLOBUS_CLIENT_ID"])),
+    client_secret=dict(type="str", no_log=True, fallback=(env_fallback, ["GLOBUS_CLIENT_SECRET"])),
+    access_token=dict(type="str", no_log=True, fallback=(env_fallback, ["GLOBUS_ACCESS_TOKEN"])),
+    token_file=dict(type="path", default=DEFAULT_TOKEN_FILE, fallback=(env_fallback, ["GLOBUS_TOKEN_FILE"])),
+    data_access_collections=dict(type="list", elements="str", default=[]),
+    max_retries=dict(type="int", default=5),
 )
 
 
@@ -81,8 +95,10 @@ def file_lock(path, timeout):
 class ReplicationModule(object):
     """Wraps ``AnsibleModule`` (composition, as amazon.aws does) with the collection's services."""
 
-    def __init__(self, argument_spec, **kwargs):
-        spec = dict(STATE_ARGUMENT_SPEC)
+    def __init__(self, argument_spec, uses_state=True, uses_globus=False, **kwargs):
+        spec = dict(STATE_ARGUMENT_SPEC) if uses_state else {}
+        if uses_globus:
+            spec.update(GLOBUS_ARGUMENT_SPEC)
         spec.update(argument_spec)
         self.ansible = AnsibleModule(argument_spec=spec, **kwargs)
         self.params = self.ansible.params
@@ -99,13 +115,17 @@ class ReplicationModule(object):
             )
         return self._state
 
+    def transfer_client(self):
+        """An authenticated Globus TransferClient built from the shared Globus options."""
+        return transfer_client(self.params)
+
     def warn(self, message):
         self.ansible.warn(message)
 
     def run(self, work, job=None, lock=True):
         """Run ``work(self)`` under the job's run lock and exit with its result."""
         try:
-            if lock:
+            if lock and "lock_file" in self.params:
                 path = self.params["lock_file"] or default_lock_path(self.name, job)
                 with file_lock(path, self.params["lock_timeout"]) as acquired:
                     if acquired:
@@ -146,7 +166,7 @@ class ReplicationModule(object):
 
     def _log(self, result):
         """Append one JSON line per run to ``log_file``, with every no_log value masked."""
-        path = self.params.get("log_file")
+        path = self.params.get("log_file")  # absent when the module has no state options
         if not path:
             return
         entry = dict(remove_values(dict((k, v) for k, v in result.items() if k != "diff"), self.ansible.no_log_values))

@@ -84,6 +84,10 @@ done
 run_stage "ansible-test sanity" without_pip_noise env PATH="$sanity_path" \
   ansible-test sanity --venv --requirements --color no
 run_stage "antsibull-changelog lint" antsibull-changelog lint
+lint_paths=()
+for d in playbooks roles; do [ -d "$d" ] && lint_paths+=("$d"); done
+run_stage "ansible-lint (production profile)" env ANSIBLE_COLLECTIONS_PATH="$(dirname "$(dirname "$(dirname "$collection")")")" \
+  ansible-lint --offline "${lint_paths[@]}"
 pytest_dirs=(tests/unit tests/system)
 [ -d tests/emulator/tests ] && pytest_dirs+=(tests/emulator/tests)
 run_stage "pytest: units, emulator, playbook-driven system tests" python -m pytest -p no:cacheprovider -q -ra "${pytest_dirs[@]}"
