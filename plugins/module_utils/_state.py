@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import time
 
@@ -222,14 +223,20 @@ def to_pg_params(sql):
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
 def _encode_copy_value(value):
     """One field in PostgreSQL's COPY text format."""
     if value is None:
         return "\\N"
     if isinstance(value, bool):
         return "1" if value else "0"
-    text = value if isinstance(value, str) else str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    if isinstance(value, str):
+        if _COPY_SPECIAL.search(value) is None:
+            return value
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return str(value)
 
 
 class StateDB(object):
@@ -242,6 +249,7 @@ class StateDB(object):
         self.dialect, self.target = parse_state_db(state_db)
         self.display = state_db
         self._depth = 0
+        self._staging_tables = 0
         self._conn = self._connect(password, connect_timeout)
 
     # -- connection ---------------------------------------------------------------------
@@ -396,19 +404,19 @@ class StateDB(object):
     def _pg_upsert(self, table, target, columns, on_conflict, values):
         # COPY into a temporary table, then one INSERT ... ON CONFLICT: far fewer round trips
         # and less parsing than multi-row VALUES.
-        staging = "_upsert_" + table
-        data = "".join("\t".join(_encode_copy_value(v) for v in row) + "\n" for row in values)
+        # Unique per call: several upserts may share one outer transaction before the drop.
+        self._staging_tables += 1
+        staging = "_upsert_%s_%d" % (table, self._staging_tables)
+        data = "".join(["\t".join(map(_encode_copy_value, row)) + "\n" for row in values])
         cursor = self._cursor()
         try:
             cursor.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS %s ON COMMIT DELETE ROWS AS SELECT %s FROM %s WITH NO DATA"
+                "CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA"
                 % (staging, ", ".join(columns), table)
             )
             cursor.copy_expert("COPY %s (%s) FROM STDIN" % (staging, ", ".join(columns)), _StringReader(data))
             cursor.execute(target + "SELECT %s FROM %s" % (", ".join(columns), staging) + on_conflict)
             count = cursor.rowcount
-            # Temp tables outlive the transaction; a later upsert of other columns needs a fresh one.
-            cursor.execute("DROP TABLE %s" % staging)
         except psycopg2.Error as exc:
             raise self._error("bulk upsert failed", exc)
         finally:

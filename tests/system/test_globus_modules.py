@@ -122,10 +122,13 @@ def test_wrong_secret_fails_clearly_without_echoing_it(ansible, emulator):
     assert SECRET not in output
 
 
-def test_5xx_burst_is_retried_then_a_longer_one_fails_clearly(ansible, emulator):
-    emulator.add_fault(kind="http_error", status=503, count=2, http_path="/v0.10/endpoint/", retry_after=0)
+def test_429_and_5xx_are_retried_then_a_longer_burst_fails_clearly(ansible, emulator):
+    emulator.add_fault(kind="http_error", status=429, count=1, http_path="/v0.10/endpoint/", retry_after=1)
+    emulator.add_fault(kind="http_error", status=503, count=1, http_path="/v0.10/endpoint/", retry_after=0)
     result, _output = info(ansible, emulator, [{"id": DST}])
     assert result["collections"][0]["ready"], result
+    fired = emulator.admin("GET", "/_emulator/faults")
+    assert sum(rule["fired"] for rule in fired["rules"]) == 2, fired
     emulator.add_fault(kind="http_error", status=502, count=10, http_path="/v0.10/endpoint/")
     result, _output = info(ansible, emulator, [{"id": DST}], max_retries=1)
     entry = result["collections"][0]

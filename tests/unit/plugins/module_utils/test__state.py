@@ -216,3 +216,14 @@ def test_sigkill_inside_a_transaction_keeps_committed_rows(state_db_url, python_
     assert db.integrity_ok()
     assert db.scalar("SELECT count(*) FROM transfer_items") == 5 * 400
     db.close()
+
+
+def test_several_upserts_in_one_transaction(state_db_url):
+    db = open_state(state_db_url)
+    with db.transaction():
+        db.upsert("transfer_items", [item(1)], key=ITEM_KEY)
+        db.upsert("transfer_items", [item(1, status="DONE")], key=ITEM_KEY, update=["status"])
+        db.upsert("transfer_items", [item(2)], key=ITEM_KEY)
+    assert db.query("SELECT source_path, status FROM transfer_items ORDER BY source_path") == [
+        {"source_path": "/data/1", "status": "DONE"}, {"source_path": "/data/2", "status": "PENDING"}]
+    db.close()
