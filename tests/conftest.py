@@ -57,6 +57,20 @@ def smtp_sink(harness_dir):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """The Globus Transfer/Auth API emulator; ``emulator.root`` holds one directory per collection."""
+    import globus_setup
+    from globus_emulator.harness import EmulatorProcess
+
+    root = tmp_path_factory.mktemp("collections")
+    process = EmulatorProcess(globus_setup.emulator_config(str(root)), str(tmp_path_factory.mktemp("emulator")))
+    process.start()
+    process.root = root
+    yield process
+    process.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_db_url(request, tmp_path):
     """A fresh, empty state database on each backend."""
@@ -83,8 +97,11 @@ class PlaybookRunner(object):
         self.env = dict(env, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
 
-    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None):
-        """Start ansible-playbook; returns (process, result_file) without waiting."""
+    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None,
+                 new_session=False):
+        """Start ansible-playbook; returns (process, result_file) without waiting.
+
+        ``new_session`` puts it in its own process group, so a test can SIGKILL the whole run."""
         result_file = os.path.join(self.workdir, "%s-%s.json" % (name, uuid.uuid4().hex[:8]))
         play = [{
             "hosts": "localhost",
@@ -106,7 +123,8 @@ class PlaybookRunner(object):
         if verbosity:
             argv.append("-" + "v" * verbosity)
         env = dict(self.env, **(extra_env or {}))
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=new_session)
         return process, result_file
 
     def run(self, module, args, **kwargs):

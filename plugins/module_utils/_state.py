@@ -249,6 +249,7 @@ class StateDB(object):
         self.dialect, self.target = parse_state_db(state_db)
         self.display = state_db
         self._depth = 0
+        self._rollback_on_close = False
         self._staging_tables = 0
         self._conn = self._connect(password, connect_timeout)
 
@@ -283,6 +284,9 @@ class StateDB(object):
         return conn
 
     def close(self):
+        if self._rollback_on_close:
+            with contextlib.suppress(Exception):
+                self._conn.cursor().execute("ROLLBACK")
         with contextlib.suppress(Exception):
             self._conn.close()
 
@@ -363,6 +367,16 @@ class StateDB(object):
             with contextlib.suppress(Exception):
                 self._conn.cursor().execute("ROLLBACK")
             raise self._error("commit failed", exc)
+
+    def begin_rollback_only(self):
+        """Open a transaction that lasts until ``close()`` and is then rolled back: check mode
+        runs the same statements as a real run and leaves nothing behind."""
+        try:
+            self._conn.cursor().execute("BEGIN")
+        except Exception as exc:
+            raise self._error("cannot begin a transaction", exc)
+        self._depth = 1
+        self._rollback_on_close = True
 
     # -- bulk upsert --------------------------------------------------------------------
     def upsert(self, table, rows, key, update=None):
@@ -498,8 +512,9 @@ def _pg_message(exc):
 def open_state(state_db, password=None, check_mode=False, connect_timeout=10):
     """Open the state database with its schema brought up to date.
 
-    In check mode nothing is created or migrated: a SQLite file that does not exist yet is
-    planned against an empty in-memory database, and an outdated schema is an error.
+    In check mode everything happens inside one transaction that ``close()`` rolls back, the
+    migrations included, so nothing is ever written; a SQLite file that does not exist yet is
+    not created: the run is planned against an empty in-memory database instead.
     """
     if check_mode:
         dialect, target = parse_state_db(state_db)
@@ -510,14 +525,9 @@ def open_state(state_db, password=None, check_mode=False, connect_timeout=10):
             return db
     db = StateDB(state_db, password=password, connect_timeout=connect_timeout)
     try:
-        if not check_mode:
-            db.migrate()
-        elif db.pending_migrations():
-            raise StateError(
-                "the state database %s has schema version %d but this collection needs %d; run once "
-                "without check mode (or scidata.replication.state_schema) to migrate it"
-                % (state_db, db.schema_version(), LATEST_VERSION)
-            )
+        if check_mode:
+            db.begin_rollback_only()
+        db.migrate()
     except Exception:
         db.close()
         raise

@@ -14,49 +14,18 @@ import pytest
 from ansible_collections.scidata.replication.plugins.module_utils import _globus
 from ansible_collections.scidata.replication.plugins.module_utils._errors import GlobusError
 from ansible_collections.scidata.replication.plugins.module_utils._state import open_state
-
-SRC = "0d3a9a3e-0000-4000-8000-00000000a001"
-DST = "0d3a9a3e-0000-4000-8000-00000000a002"
-CONSENT = "0d3a9a3e-0000-4000-8000-00000000a003"
-CONFIDENTIAL = "5a1b2c3d-0000-4000-8000-0000000000c1"
-SECRET = "s3cr3t-client-value-7f1e"
-NATIVE = "5a1b2c3d-0000-4000-8000-0000000000e1"
+from globus_setup import CONFIDENTIAL, CONSENT, DST, NATIVE, SECRET, SRC, client_env
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    from globus_emulator.harness import EmulatorProcess
-
-    root = tmp_path_factory.mktemp("collections")
-    for name in ("src", "dst", "consent"):
-        (root / name).mkdir()
-    (root / "src" / "dataset").mkdir()
-    (root / "src" / "dataset" / "file.nc").write_bytes(b"x" * 4096)
-    config = {
-        "collections": [
-            {"id": SRC, "display_name": "Source", "root": str(root / "src"), "entity_type": "GCSv5_mapped_collection"},
-            {"id": DST, "display_name": "Replica", "root": str(root / "dst"), "entity_type": "GCSv5_mapped_collection"},
-            {"id": CONSENT, "display_name": "Needs consent", "root": str(root / "consent"),
-             "entity_type": "GCSv5_mapped_collection", "requires_data_access_consent": True},
-        ],
-        "clients": [{"client_id": CONFIDENTIAL, "client_secret": SECRET, "identity": "replicator@example.org"}],
-        "native_clients": [{"client_id": NATIVE}],
-    }
-    process = EmulatorProcess(config, str(tmp_path_factory.mktemp("emulator"))).start()
-    process.root = root
-    yield process
-    process.stop()
+@pytest.fixture(scope="module", autouse=True)
+def dataset(emulator):
+    (emulator.root / "src" / "dataset").mkdir(exist_ok=True)
+    (emulator.root / "src" / "dataset" / "file.nc").write_bytes(b"x" * 4096)
 
 
 @pytest.fixture(autouse=True)
 def clean_emulator(emulator):
     emulator.reset()
-
-
-def client_env(emulator, **extra):
-    env = dict(emulator.env, GLOBUS_CLIENT_ID=CONFIDENTIAL, GLOBUS_CLIENT_SECRET=SECRET)
-    env.update(extra)
-    return env
 
 
 def info(ansible, emulator, collections, env=None, **args):

@@ -97,11 +97,18 @@ def test_check_mode_open_creates_nothing(tmp_path):
     assert not (tmp_path / "sub").exists()
 
 
-def test_check_mode_refuses_an_outdated_schema(state_db_url):
-    StateDB(state_db_url).close()  # creates the SQLite file / the database exists: schema version 0
-    with pytest.raises(StateError) as info:
-        open_state(state_db_url, check_mode=True)
-    assert "schema version 0" in info.value.msg
+def test_check_mode_migrates_and_writes_inside_a_rolled_back_transaction(state_db_url):
+    StateDB(state_db_url).close()  # the SQLite file / the database exists: schema version 0
+    db = open_state(state_db_url, check_mode=True)
+    assert db.schema_version() == LATEST_VERSION
+    db.upsert("transfer_items", [item(1)], key=ITEM_KEY)
+    with db.transaction():  # joins the outer transaction and is rolled back with it
+        db.upsert("transfer_items", [item(2)], key=ITEM_KEY)
+    assert db.scalar("SELECT count(*) FROM transfer_items") == 2
+    db.close()
+    db = StateDB(state_db_url)
+    assert db.schema_version() == 0
+    db.close()
 
 
 def test_bulk_upsert_is_idempotent_and_updates(state_db_url):

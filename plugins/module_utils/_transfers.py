@@ -1,0 +1,436 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the scidata.replication collection. Do not use this from other collections.
+"""Routes, items, scheduling and task status/event ingest for globus_transfer and globus_task_events.
+
+An item is one (route, source path, destination collection, destination path). Its status is
+PENDING until a task carries it, ACTIVE while that task runs, then SUCCEEDED or FAILED as the
+task ends; a FAILED item is eligible again after an exponential backoff, up to ``max_attempts``.
+Tasks are the ``globus_tasks`` rows written by the Globus layer's exactly-once submit; the task's
+``job`` is the route name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import posixpath
+import string
+import time
+
+from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+from ansible_collections.scidata.replication.plugins.module_utils._globus import api_errors, submit_exactly_once
+
+ITEM_KEY = ["route", "source_path", "destination_collection", "destination_path"]
+OPEN_TASK_STATUSES = ("UNSUBMITTED", "ACTIVE", "INACTIVE")
+TERMINAL_TASK_STATUSES = ("SUCCEEDED", "FAILED")
+TASK_LIST_PAGE = 1000
+EVENT_PAGE = 1000
+LABEL_MAX = 128
+# Globus keeps per-file history (events, successful transfers) for 30 days after completion.
+HISTORY_DAYS = 30
+SYNC_LEVELS = ("exists", "size", "mtime", "checksum")
+
+
+# -- paths and items -------------------------------------------------------------------------
+def join_path(prefix, path):
+    """Join a collection path prefix and a path, keeping a trailing slash (a directory)."""
+    joined = posixpath.join(prefix or "/", path.lstrip("/"))
+    return joined if joined.startswith("/") else "/" + joined
+
+
+def read_items_file(path):
+    """One path per line (S0's ``paths/*`` lists); blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.rstrip("\r\n") for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as exc:
+        raise ConfigError("cannot read items_from %s: %s" % (path, exc))
+
+
+def normalise_items(route):
+    """The route's items as dicts: ``source`` (relative to source_prefix), optional ``destination``."""
+    items = []
+    for entry in (route.get("items") or []) + (read_items_file(route["items_from"]) if route.get("items_from") else []):
+        if isinstance(entry, str):
+            entry = {"source": entry}
+        if not entry.get("source"):
+            raise ConfigError("route %s: every item needs a source path" % route["name"])
+        if "\n" in entry["source"] or "\r" in entry["source"]:
+            raise ConfigError("route %s: item %r contains a line break" % (route["name"], entry["source"]))
+        items.append(dict(source=entry["source"], destination=entry.get("destination"),
+                          recursive=entry.get("recursive", route.get("recursive", True))))
+    return items
+
+
+def item_rows(route, now):
+    """Rows for ``transfer_items``: every item of the route to each of its destinations."""
+    rows = []
+    for item in normalise_items(route):
+        source_path = join_path(route.get("source_prefix", "/"), item["source"])
+        for destination in route["destinations"]:
+            if item["destination"]:
+                destination_path = join_path(destination.get("prefix", "/"), item["destination"])
+            else:
+                destination_path = join_path(destination.get("prefix", "/"), item["source"])
+            rows.append(dict(route=route["name"], source_collection=route["source_collection"],
+                             source_path=source_path, destination_collection=destination["collection"],
+                             destination_path=destination_path, recursive=1 if item["recursive"] else 0,
+                             status="PENDING", attempts=0, created_at=now, updated_at=now))
+    return rows
+
+
+def chained_rows(db, route, now):
+    """Rows for a route whose source is what SUCCEEDED on ``source_route`` at this route's source."""
+    rows = []
+    prefix = route.get("source_prefix", "/")
+    for item in db.query(
+            "SELECT destination_path, recursive FROM transfer_items WHERE route = ? AND status = 'SUCCEEDED' "
+            "AND destination_collection = ? ORDER BY destination_path", (route["source_route"], route["source_collection"])):
+        relative = posixpath.relpath(item["destination_path"], prefix) if prefix != "/" else item["destination_path"]
+        if relative.startswith(".."):
+            continue
+        if item["destination_path"].endswith("/") and not relative.endswith("/"):
+            relative += "/"
+        for destination in route["destinations"]:
+            rows.append(dict(route=route["name"], source_collection=route["source_collection"],
+                             source_path=item["destination_path"], destination_collection=destination["collection"],
+                             destination_path=join_path(destination.get("prefix", "/"), relative),
+                             recursive=item["recursive"], status="PENDING", attempts=0, created_at=now,
+                             updated_at=now))
+    return rows
+
+
+def register_items(db, rows):
+    """Add the rows not yet known; returns how many were new (a rerun adds only new rows)."""
+    return db.upsert("transfer_items", rows, key=ITEM_KEY)
+
+
+# -- labels and transfer documents ------------------------------------------------------------
+class _LabelFields(string.Formatter):
+    ALLOWED = ("route", "items", "first", "date", "attempt")
+
+    def get_field(self, field_name, args, kwargs):
+        if field_name not in self.ALLOWED:
+            raise ConfigError("label template field {%s} is unknown; use %s"
+                              % (field_name, ", ".join("{%s}" % f for f in self.ALLOWED)))
+        return kwargs[field_name], field_name
+
+
+def render_label(template, **fields):
+    """Render a label and validate it as Globus does (<= 128 characters, no line breaks)."""
+    try:
+        label = _LabelFields().format(template, **fields)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ConfigError("label template %r is invalid: %s" % (template, exc))
+    if "\n" in label or "\r" in label:
+        raise ConfigError("the label %r contains a line break, which Globus rejects" % label)
+    if len(label) > LABEL_MAX:
+        raise ConfigError("the label %r is %d characters long; Globus accepts at most %d"
+                          % (label, len(label), LABEL_MAX))
+    return label
+
+
+def check_label_template(template, route_name):
+    """Fail before any API call when the template cannot give a valid label for this route."""
+    render_label(template, route=route_name, items=1, first="x", date="2000-01-01", attempt=1)
+
+
+def transfer_document(source_collection, destination_collection, items, options, label, retry=False):
+    """The Transfer API request body; unset options are left out, as TransferData does."""
+    document = {
+        "DATA_TYPE": "transfer",
+        "source_endpoint": source_collection,
+        "destination_endpoint": destination_collection,
+        "label": label,
+        # A partial transfer restarted at a weaker level can leave corrupt files behind.
+        "sync_level": "checksum" if retry else options["sync_level"],
+        "verify_checksum": options["verify_checksum"],
+        "preserve_timestamp": options["preserve_timestamp"],
+        "encrypt_data": options["encrypt_data"],
+        "skip_source_errors": options["skip_source_errors"],
+        "fail_on_quota_errors": options["fail_on_quota_errors"],
+        "delete_destination_extra": options["delete_destination_extra"],
+        "notify_on_succeeded": options["notify_on_succeeded"],
+        "notify_on_failed": options["notify_on_failed"],
+        "notify_on_inactive": options["notify_on_inactive"],
+        "DATA": [{"DATA_TYPE": "transfer_item", "source_path": i["source_path"],
+                  "destination_path": i["destination_path"], "recursive": bool(i["recursive"])} for i in items],
+    }
+    if options.get("filter_rules"):
+        document["filter_rules"] = [dict(((k, v) for k, v in rule.items() if v is not None), DATA_TYPE="filter_rule")
+                                    for rule in options["filter_rules"]]
+    deadline = deadline_for(options)
+    if deadline:
+        document["deadline"] = deadline
+    return document
+
+
+def deadline_for(options, now=None):
+    if options.get("deadline"):
+        return options["deadline"]
+    if options.get("time_limit"):
+        moment = datetime.datetime.fromtimestamp((now or time.time()) + options["time_limit"] * 60,
+                                                 tz=datetime.timezone.utc)
+        return moment.isoformat(timespec="seconds")
+    return None
+
+
+# -- scheduling -----------------------------------------------------------------------------
+def backoff_seconds(attempts, base, cap):
+    """Exponential backoff after ``attempts`` failed attempts, capped."""
+    return min(cap, base * (2 ** max(attempts - 1, 0)))
+
+
+def route_task_state(db, route_name):
+    """Open tasks of a route and whether any of them is paused."""
+    placeholders = ", ".join("?" * len(OPEN_TASK_STATUSES))
+    row = db.query_one(
+        "SELECT count(*) AS open_tasks, COALESCE(SUM(is_paused), 0) AS paused FROM globus_tasks "
+        "WHERE job = ? AND status IN (%s)" % placeholders, (route_name,) + OPEN_TASK_STATUSES)
+    return int(row["open_tasks"]), int(row["paused"]) > 0
+
+
+def eligible_items(db, route, limit, now, policy):
+    """PENDING items, then FAILED ones whose backoff has passed, in the route's order."""
+    if limit <= 0:
+        return []
+    order = "DESC" if route.get("order") == "desc" else "ASC"
+    columns = "id, source_path, destination_collection, destination_path, recursive, status, attempts"
+    items = db.query("SELECT %s FROM transfer_items WHERE route = ? AND status = 'PENDING' "
+                     "ORDER BY source_path %s, destination_collection LIMIT %d" % (columns, order, int(limit)),
+                     (route["name"],))
+    if len(items) < limit:
+        for item in db.query("SELECT %s, updated_at FROM transfer_items WHERE route = ? AND status = 'FAILED' "
+                             "AND attempts < ? ORDER BY updated_at" % columns,
+                             (route["name"], policy["max_attempts"])):
+            if item["updated_at"] + backoff_seconds(item["attempts"], policy["retry_backoff"],
+                                                    policy["retry_backoff_max"]) <= now:
+                items.append(item)
+                if len(items) >= limit:
+                    break
+    return items
+
+
+def batches(items, size):
+    """Group items per destination collection into tasks of at most ``size`` items."""
+    by_destination = {}
+    for item in items:
+        by_destination.setdefault(item["destination_collection"], []).append(item)
+    groups = []
+    for destination, group in by_destination.items():
+        for start in range(0, len(group), size):
+            groups.append((destination, group[start:start + size]))
+    return groups
+
+
+def plan_route(db, route, policy, budget, now):
+    """What one route may submit now: ``(batches, reason)``; reason says why nothing, if so."""
+    open_tasks, paused = route_task_state(db, route["name"])
+    if paused:
+        return [], "a task of this route is paused"
+    primary = route.get("overflow_for")
+    if primary and not route_task_state(db, primary)[1]:
+        return [], "overflow route: used only while %s has a paused task" % primary
+    slots = min((route.get("max_active_tasks") or policy["max_active_tasks"]) - open_tasks, budget)
+    if slots <= 0:
+        return [], "%d tasks already active" % open_tasks
+    size = route.get("items_per_task") or policy["items_per_task"]
+    items = eligible_items(db, route, slots * size, now, policy)
+    return batches(items, size)[:slots], None if items else "nothing to send"
+
+
+def submit_batch(db, client, route, destination, items, options, label_template, now):
+    """Submit one task through the exactly-once helper and mark its items ACTIVE atomically."""
+    retry = any(item["attempts"] > 0 for item in items)
+    label = render_label(label_template, route=route["name"], items=len(items),
+                         first=posixpath.basename(items[0]["source_path"].rstrip("/")) or "/",
+                         date=datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y-%m-%d"),
+                         attempt=max(item["attempts"] for item in items) + 1)
+    document = transfer_document(route["source_collection"], destination, items, options, label, retry=retry)
+
+    def link(db_, submission_id):
+        for item in items:
+            db_.execute("UPDATE transfer_items SET status = 'ACTIVE', submission_id = ?, attempts = attempts + 1, "
+                        "updated_at = ? WHERE id = ?", (submission_id, now, item["id"]))
+
+    result = submit_exactly_once(db, client, route["name"], document, link=link)
+    result.update(route=route["name"], items=len(items), sync_level=document["sync_level"], label=label)
+    return result
+
+
+def describe_batch(route, destination, items, retry_level):
+    """What check mode reports for a task it would submit."""
+    return dict(route=route["name"], destination_collection=destination, items=len(items),
+                sync_level="checksum" if any(i["attempts"] > 0 for i in items) else retry_level,
+                paths=[dict(source=i["source_path"], destination=i["destination_path"]) for i in items])
+
+
+def route_counts(db, route_name):
+    counts = dict(PENDING=0, ACTIVE=0, SUCCEEDED=0, FAILED=0)
+    for row in db.query("SELECT status, count(*) AS n FROM transfer_items WHERE route = ? GROUP BY status",
+                        (route_name,)):
+        counts[row["status"]] = int(row["n"])
+    return counts
+
+
+def exhausted_items(db, route_name, max_attempts):
+    """FAILED items that reached the attempt cap: reported, never retried."""
+    return [dict(source=r["source_path"], destination=r["destination_path"], attempts=r["attempts"],
+                 last_error=r["last_error"]) for r in db.query(
+        "SELECT source_path, destination_path, attempts, last_error FROM transfer_items "
+        "WHERE route = ? AND status = 'FAILED' AND attempts >= ? ORDER BY source_path", (route_name, max_attempts))]
+
+
+# -- task status refresh --------------------------------------------------------------------
+TASK_COLUMNS = ("status", "nice_status", "files", "files_transferred", "files_skipped", "directories",
+                "bytes_transferred", "bytes_checksummed", "effective_bytes_per_second", "faults")
+
+
+def parse_time(value):
+    """Globus ISO times ('2024-01-01T00:00:00+00:00') as epoch seconds."""
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def open_task_ids(db, jobs=None, task_ids=None, limit=None):
+    """Submitted tasks that are not finished, oldest first, optionally narrowed."""
+    sql = "SELECT task_id FROM globus_tasks WHERE task_id IS NOT NULL AND status IN ('ACTIVE', 'INACTIVE')"
+    params = []
+    if jobs:
+        sql += " AND job IN (%s)" % ", ".join("?" * len(jobs))
+        params.extend(jobs)
+    if task_ids:
+        sql += " AND task_id IN (%s)" % ", ".join("?" * len(task_ids))
+        params.extend(task_ids)
+    sql += " ORDER BY id"
+    if limit:
+        sql += " LIMIT %d" % int(limit)
+    return [row["task_id"] for row in db.query(sql, params)]
+
+
+def refresh_tasks(db, client, task_ids):
+    """Update tasks from ``task_list`` filtered by id (1000 per call, never one call per task)
+    and settle the items of tasks that finished. Returns {task_id: new status} for changes."""
+    changes = {}
+    for start in range(0, len(task_ids), TASK_LIST_PAGE):
+        chunk = task_ids[start:start + TASK_LIST_PAGE]
+        with api_errors("list tasks"):
+            documents = client.task_list(filter="task_id:" + ",".join(chunk), limit=TASK_LIST_PAGE)["DATA"]
+        now = time.time()
+        with db.transaction():
+            for document in documents:
+                before = db.query_one("SELECT status, is_paused, submission_id FROM globus_tasks WHERE task_id = ?",
+                                      (document["task_id"],))
+                if before is None:
+                    continue
+                values = [document.get(column) if column in ("status", "nice_status") else document.get(column) or 0
+                          for column in TASK_COLUMNS]
+                fatal = document.get("fatal_error")
+                db.execute(
+                    "UPDATE globus_tasks SET %s, is_paused = ?, request_time = ?, completion_time = ?, "
+                    "fatal_error = ?, updated_at = ? WHERE task_id = ?" % ", ".join("%s = ?" % c for c in TASK_COLUMNS),
+                    tuple(values) + (1 if document.get("is_paused") else 0, parse_time(document.get("request_time")),
+                                     parse_time(document.get("completion_time")),
+                                     json.dumps(fatal) if fatal else None, now, document["task_id"]))
+                if before["status"] != document["status"] or bool(before["is_paused"]) != bool(document.get("is_paused")):
+                    changes[document["task_id"]] = document["status"]
+                if document["status"] in TERMINAL_TASK_STATUSES and before["status"] not in TERMINAL_TASK_STATUSES:
+                    settle_items(db, before["submission_id"], document, now)
+    return changes
+
+
+def settle_items(db, submission_id, document, now):
+    """A finished task decides its items: SUCCEEDED, or FAILED (retried later by globus_transfer)."""
+    if document["status"] == "SUCCEEDED":
+        db.execute("UPDATE transfer_items SET status = 'SUCCEEDED', completed_at = ?, updated_at = ?, last_error = NULL "
+                   "WHERE submission_id = ? AND status = 'ACTIVE'", (now, now, submission_id))
+    else:
+        fatal = document.get("fatal_error") or {}
+        error = "%s: %s" % (fatal.get("code", "FAILED"), fatal.get("description", document.get("nice_status") or ""))
+        db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? "
+                   "WHERE submission_id = ? AND status = 'ACTIVE'", (error, now, submission_id))
+
+
+# -- events ---------------------------------------------------------------------------------
+def event_row(task_id, event):
+    """One ``task_events`` row; PROGRESS details are parsed into bytes, Mbps and duration."""
+    details = event.get("details") or ""
+    parsed = {}
+    if event.get("code") == "PROGRESS" and details.startswith("{"):
+        try:
+            parsed = json.loads(details)
+        except ValueError:
+            parsed = {}
+    fingerprint = hashlib.sha256(json.dumps(
+        [event.get("time"), event.get("code"), event.get("description"), details]).encode("utf-8")).hexdigest()
+    return dict(task_id=task_id, time=parse_time(event.get("time")), code=event.get("code") or "",
+                is_error=1 if event.get("is_error") else 0, description=event.get("description"), details=details,
+                bytes=parsed.get("bytes_transferred"), mbps=parsed.get("mbps"), duration=parsed.get("duration"),
+                fingerprint=fingerprint)
+
+
+def ingest_events(db, client, task_id, errors_only=False):
+    """Page through the task's events and store the new ones; returns how many were new.
+
+    Events come newest first, so only the first pages can hold events not seen before."""
+    known = db.scalar("SELECT events_ingested FROM globus_tasks WHERE task_id = ?", (task_id,)) or 0
+    query = {"filter": "is_error:1"} if errors_only else None
+    rows, offset, total = [], 0, None
+    while total is None or offset < total:
+        with api_errors("list events of task %s" % task_id):
+            page = client.task_event_list(task_id, limit=EVENT_PAGE, offset=offset, query_params=query)
+        total = page.get("total", 0)
+        rows.extend(event_row(task_id, event) for event in page["DATA"])
+        offset += EVENT_PAGE
+        if not errors_only and offset >= total - known:
+            break
+    with db.transaction():
+        new = db.upsert("task_events", rows, key=["task_id", "fingerprint"])
+        if not errors_only:
+            db.execute("UPDATE globus_tasks SET events_ingested = ? WHERE task_id = ?", (total, task_id))
+    return new
+
+
+def tasks_needing_events(db, jobs=None, task_ids=None, limit=None):
+    """Finished tasks whose events are not complete, oldest completion first (Globus forgets
+    per-file history after 30 days), then open tasks."""
+    sql = ("SELECT task_id, status, completion_time FROM globus_tasks WHERE task_id IS NOT NULL "
+           "AND events_complete = 0")
+    params = []
+    if jobs:
+        sql += " AND job IN (%s)" % ", ".join("?" * len(jobs))
+        params.extend(jobs)
+    if task_ids:
+        sql += " AND task_id IN (%s)" % ", ".join("?" * len(task_ids))
+        params.extend(task_ids)
+    sql += " ORDER BY CASE WHEN status IN ('SUCCEEDED', 'FAILED') THEN 0 ELSE 1 END, completion_time, id"
+    if limit:
+        sql += " LIMIT %d" % int(limit)
+    return db.query(sql, params)
+
+
+def mark_events_complete(db, task_id):
+    db.execute("UPDATE globus_tasks SET events_complete = 1 WHERE task_id = ?", (task_id,))
+
+
+def history_expiring(completion_time, now, warn_days=HISTORY_DAYS - 5):
+    return completion_time is not None and now - completion_time > warn_days * 86400
+
+
+def successful_transfers(client, task_id, kind="successful_transfers"):
+    """All pages of a finished task's successful transfers (or ``skipped_errors``)."""
+    call = client.task_successful_transfers if kind == "successful_transfers" else client.task_skipped_errors
+    marker, documents = None, []
+    while True:
+        with api_errors("list %s of task %s" % (kind, task_id)):
+            page = call(task_id, marker=marker) if marker else call(task_id)
+        documents.extend(page["DATA"])
+        marker = page.get("next_marker")
+        if not marker:
+            return documents

@@ -1,0 +1,159 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: globus_task_events
+short_description: Refresh Globus task status and collect task events into the state database
+version_added: 0.1.0
+description:
+  - Refreshes every unfinished task recorded in the state database with C(task_list) filtered by
+    task id (up to 1000 tasks per request, never one request per task), and settles the items of
+    tasks that finished (SUCCEEDED, or FAILED to be retried by M(scidata.replication.globus_transfer)).
+    An INACTIVE task is not finished.
+  - Collects each task's events, newest pages only, into the database; re-ingesting adds nothing.
+    PROGRESS events are parsed into bytes, Mbps and duration.
+  - Globus forgets a task's per-file history 30 days after it ends, so finished tasks are served
+    first and tasks close to that age are reported in RV(history_expiring).
+extends_documentation_fragment:
+  - scidata.replication._globus
+  - scidata.replication._state
+  - scidata.replication._attributes
+  - scidata.replication._attributes.actiongroup_replication
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads Globus and reports what would be stored; the state database is left as it was.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A run reports a change when the state database changed.
+options:
+  routes:
+    description: Only tasks of these routes (or dir_trie_sync jobs). Default is every task.
+    type: list
+    elements: str
+    default: []
+  task_ids:
+    description: Only these tasks.
+    type: list
+    elements: str
+    default: []
+  max_tasks:
+    description: At most this many tasks get their events collected in one run.
+    type: int
+    default: 100
+  time_budget:
+    description: Stop collecting events after this many seconds; the rest waits for the next run.
+    type: int
+    default: 300
+  errors_only:
+    description: Collect only error events (C(filter=is_error:1)).
+    type: bool
+    default: false
+seealso:
+  - module: scidata.replication.globus_transfer
+author:
+  - Scidata Replication maintainers (@scidata)
+"""
+
+EXAMPLES = r"""
+- name: Collect status and events every ten minutes (cron or a systemd timer runs this play)
+  scidata.replication.globus_task_events:
+    state_db: /var/lib/scidata-replication/state.db
+
+- name: Only the ESGF routes, at most two minutes of event collection
+  scidata.replication.globus_task_events:
+    routes: [llnl-alcf, llnl-olcf]
+    time_budget: 120
+"""
+
+RETURN = r"""
+refreshed:
+  description: Unfinished tasks whose status was read.
+  returned: success
+  type: int
+status_changes:
+  description: Tasks whose status or pause state changed, with the new status.
+  returned: success
+  type: dict
+  sample: {"5a3f2a1e-0000-4000-8000-000000000001": SUCCEEDED}
+events_added:
+  description: Events stored by this run.
+  returned: success
+  type: int
+tasks_completed:
+  description: Finished tasks whose events are now all stored.
+  returned: success
+  type: list
+  elements: str
+pending:
+  description: Tasks whose events wait for a later run (time budget or O(max_tasks)).
+  returned: success
+  type: int
+history_expiring:
+  description: Finished tasks close to the 30 days after which Globus deletes their history.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import time
+
+from ansible_collections.scidata.replication.plugins.module_utils import _transfers
+from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+
+
+def collect(module):
+    db = module.state()
+    client = module.transfer_client()
+    return collect_events(module.params, db, client)
+
+
+def collect_events(params, db, client):
+    started = time.monotonic()
+    jobs, task_ids = params["routes"], params["task_ids"]
+    open_ids = _transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids)
+    changes = _transfers.refresh_tasks(db, client, open_ids)
+    candidates = _transfers.tasks_needing_events(db, jobs=jobs, task_ids=task_ids)
+    added, completed, expiring, done = 0, [], [], 0
+    now = time.time()
+    for task in candidates[:params["max_tasks"]]:
+        if time.monotonic() - started > params["time_budget"]:
+            break
+        added += _transfers.ingest_events(db, client, task["task_id"], errors_only=params["errors_only"])
+        done += 1
+        if task["status"] in _transfers.TERMINAL_TASK_STATUSES and not params["errors_only"]:
+            _transfers.mark_events_complete(db, task["task_id"])
+            completed.append(task["task_id"])
+        if _transfers.history_expiring(task["completion_time"], now):
+            expiring.append(task["task_id"])
+    return dict(changed=bool(changes or added or completed), refreshed=len(open_ids), status_changes=changes,
+                events_added=added, tasks_completed=completed, pending=len(candidates) - done,
+                history_expiring=expiring)
+
+
+def main():
+    module = ReplicationModule(
+        argument_spec=dict(
+            routes=dict(type="list", elements="str", default=[]),
+            task_ids=dict(type="list", elements="str", default=[]),
+            max_tasks=dict(type="int", default=100),
+            time_budget=dict(type="int", default=300),
+            errors_only=dict(type="bool", default=False),
+        ),
+        uses_globus=True,
+        supports_check_mode=True,
+    )
+    module.run(collect, job="+".join(sorted(module.params["routes"])) or "all")
+
+
+if __name__ == "__main__":
+    main()
