@@ -9,7 +9,7 @@ cd "$repo"
 stage() { printf '\n===== %s =====\n' "$*"; }
 
 # -- system packages ------------------------------------------------------------------------
-packages=(rsync openssh-server openssh-client postgresql git shellcheck)
+packages=(rsync openssh-server openssh-client postgresql git shellcheck chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
