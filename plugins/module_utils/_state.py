@@ -112,6 +112,9 @@ MIGRATIONS = [
                 created_at {float} NOT NULL,
                 updated_at {float} NOT NULL,
                 completed_at {float},
+                delete_submission_id TEXT,
+                source_deleted_at {float},
+                delete_note TEXT,
                 UNIQUE (route, source_path, destination_collection, destination_path)
             )""",
             "CREATE INDEX transfer_items_route_status ON transfer_items (route, status, next_attempt_at)",

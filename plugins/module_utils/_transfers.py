@@ -286,6 +286,85 @@ def exhausted_items(db, route_name, max_attempts):
         "WHERE route = ? AND status = 'FAILED' AND attempts >= ? ORDER BY source_path", (route_name, max_attempts))]
 
 
+# -- deleting sources after success ---------------------------------------------------------
+def deletion_candidates(db, route_name):
+    """Source paths of the route replicated everywhere they are wanted and not yet deleted.
+
+    A source path counts as replicated only when every item with that source, on any route,
+    SUCCEEDED: another route may still need it. Returns rows with the newest request time of
+    the tasks that carried it."""
+    rows = db.query(
+        "SELECT i.source_collection, i.source_path, MAX(i.recursive) AS recursive, MAX(t.request_time) AS request_time "
+        "FROM transfer_items i JOIN globus_tasks t ON t.submission_id = i.submission_id "
+        "WHERE i.route = ? AND i.status = 'SUCCEEDED' AND i.delete_submission_id IS NULL "
+        "AND i.source_deleted_at IS NULL GROUP BY i.source_collection, i.source_path ORDER BY i.source_path",
+        (route_name,))
+    candidates, blocked = [], []
+    for row in rows:
+        pending = db.query("SELECT DISTINCT route FROM transfer_items WHERE source_collection = ? AND source_path = ? "
+                           "AND status <> 'SUCCEEDED' ORDER BY route", (row["source_collection"], row["source_path"]))
+        if pending:
+            blocked.append(dict(source=row["source_path"], reason="not yet replicated by route %s"
+                                % ", ".join(r["route"] for r in pending)))
+        else:
+            candidates.append(row)
+    return candidates, blocked
+
+
+def newest_modification(client, collection, path, recursive):
+    """The newest ``last_modified`` (epoch seconds) of the path and, for a directory, of
+    everything below it, listed through the Transfer API."""
+    if not path.endswith("/") and not recursive:
+        directory, name = posixpath.split(path)
+        with api_errors("list %s on %s" % (directory, collection), collection=collection):
+            entries = client.operation_ls(collection, path=directory or "/", filter="name:" + name)["DATA"]
+        return max([parse_time(e["last_modified"]) for e in entries] or [None], key=lambda v: v or 0)
+    newest, pending = None, [path]
+    while pending:
+        directory = pending.pop()
+        offset = 0
+        while True:
+            with api_errors("list %s on %s" % (directory, collection), collection=collection):
+                page = client.operation_ls(collection, path=directory, show_hidden=True, limit=1000, offset=offset)
+            for entry in page["DATA"]:
+                modified = parse_time(entry.get("last_modified"))
+                newest = modified if newest is None or (modified or 0) > newest else newest
+                if entry.get("type") == "dir":
+                    pending.append(join_path(directory, entry["name"]) + "/")
+            offset += len(page["DATA"])
+            if not page["DATA"] or offset >= page.get("total", offset):
+                break
+    return newest
+
+
+def plan_deletions(db, client, route):
+    """Which sources of the route may be deleted now, and why the others may not."""
+    candidates, blocked = deletion_candidates(db, route["name"])
+    allowed = []
+    for row in candidates:
+        newest = newest_modification(client, row["source_collection"], row["source_path"], row["recursive"])
+        if newest is not None and row["request_time"] is not None and newest >= row["request_time"]:
+            blocked.append(dict(source=row["source_path"], reason="modified after its transfer started; it will be "
+                                "sent again only if it is registered again"))
+        else:
+            allowed.append(row)
+    return allowed, blocked
+
+
+def submit_deletion(db, client, route, rows, label):
+    """One delete task for the given sources, submitted exactly once; the items remember it."""
+    document = {"DATA_TYPE": "delete", "endpoint": route["source_collection"], "label": label,
+                "recursive": any(bool(r["recursive"]) for r in rows), "ignore_missing": False,
+                "DATA": [{"DATA_TYPE": "delete_item", "path": r["source_path"]} for r in rows]}
+
+    def link(db_, submission_id):
+        for row in rows:
+            db_.execute("UPDATE transfer_items SET delete_submission_id = ? WHERE source_collection = ? "
+                        "AND source_path = ?", (submission_id, row["source_collection"], row["source_path"]))
+
+    return submit_exactly_once(db, client, route["name"], document, link=link, kind="delete")
+
+
 # -- task status refresh --------------------------------------------------------------------
 TASK_COLUMNS = ("status", "nice_status", "files", "files_transferred", "files_skipped", "directories",
                 "bytes_transferred", "bytes_checksummed", "effective_bytes_per_second", "faults")
@@ -325,7 +404,7 @@ def refresh_tasks(db, client, task_ids):
         now = time.time()
         with db.transaction():
             for document in documents:
-                before = db.query_one("SELECT status, is_paused, submission_id FROM globus_tasks WHERE task_id = ?",
+                before = db.query_one("SELECT status, is_paused, submission_id, kind FROM globus_tasks WHERE task_id = ?",
                                       (document["task_id"],))
                 if before is None:
                     continue
@@ -341,12 +420,22 @@ def refresh_tasks(db, client, task_ids):
                 if before["status"] != document["status"] or bool(before["is_paused"]) != bool(document.get("is_paused")):
                     changes[document["task_id"]] = document["status"]
                 if document["status"] in TERMINAL_TASK_STATUSES and before["status"] not in TERMINAL_TASK_STATUSES:
-                    settle_items(db, before["submission_id"], document, now)
+                    settle_items(db, before["submission_id"], document, now, kind=before["kind"])
     return changes
 
 
-def settle_items(db, submission_id, document, now):
-    """A finished task decides its items: SUCCEEDED, or FAILED (retried later by globus_transfer)."""
+def settle_items(db, submission_id, document, now, kind="transfer"):
+    """A finished task decides its items: SUCCEEDED, or FAILED (retried later by globus_transfer).
+    A finished delete task records the deletion of its sources, or why it failed."""
+    if kind == "delete":
+        if document["status"] == "SUCCEEDED":
+            db.execute("UPDATE transfer_items SET source_deleted_at = ?, updated_at = ? WHERE delete_submission_id = ?",
+                       (now, now, submission_id))
+        else:
+            fatal = document.get("fatal_error") or {}
+            db.execute("UPDATE transfer_items SET delete_note = ?, updated_at = ? WHERE delete_submission_id = ?",
+                       ("delete failed: %s" % fatal.get("code", "FAILED"), now, submission_id))
+        return
     if document["status"] == "SUCCEEDED":
         db.execute("UPDATE transfer_items SET status = 'SUCCEEDED', completed_at = ?, updated_at = ?, last_error = NULL "
                    "WHERE submission_id = ? AND status = 'ACTIVE'", (now, now, submission_id))

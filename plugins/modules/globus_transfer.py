@@ -210,6 +210,13 @@ options:
     description: Ask Globus to e-mail the task owner when the task becomes inactive.
     type: bool
     default: false
+  delete_after_success:
+    description:
+      - Delete a source path (with a Globus delete task) once every item with that source, on every
+        route, has SUCCEEDED, and only if nothing under it was modified after its transfer started.
+      - Sources that are kept are reported in RV(routes[].deletions.blocked) with the reason.
+    type: bool
+    default: false
 seealso:
   - module: scidata.replication.globus_task_events
   - module: scidata.replication.globus_collection_info
@@ -282,6 +289,12 @@ routes:
       description: Items that reached O(max_attempts); they are not retried.
       type: list
       elements: dict
+    deletions:
+      description:
+        - With O(delete_after_success), the sources scheduled for deletion by this run, those kept
+          (with the reason) and how many sources of the route are deleted so far.
+      type: dict
+      returned: when O(delete_after_success=true)
 tasks:
   description:
     - Tasks submitted by this run (in check mode, that would be submitted, with their paths).
@@ -381,12 +394,31 @@ def run_routes(module, db, client, routes):
                 tasks.append(_transfers.submit_batch(db, client, route, destination, items, options, params["label"],
                                                      now))
             budget -= 1
+        if params["delete_after_success"]:
+            report[route["name"]]["deletions"] = delete_sources(module, db, client, route, tasks)
         open_tasks, paused = _transfers.route_task_state(db, route["name"])
         report[route["name"]].update(
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
             reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]))
     changed = bool(tasks or resubmitted or any(r["registered"] for r in report.values()))
     return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted)
+
+
+def delete_sources(module, db, client, route, tasks):
+    """Delete replicated sources that were not modified since their transfer started."""
+    allowed, blocked = _transfers.plan_deletions(db, client, route)
+    paths = [row["source_path"] for row in allowed]
+    if allowed:
+        label = _transfers.render_label("{route} delete {items} source paths", route=route["name"], items=len(allowed),
+                                        first="", date="", attempt=1)
+        if module.check_mode:
+            tasks.append(dict(route=route["name"], kind="delete", items=len(paths), paths=paths))
+        else:
+            tasks.append(dict(_transfers.submit_deletion(db, client, route, allowed, label), route=route["name"],
+                              kind="delete", items=len(paths)))
+    deleted = db.scalar("SELECT count(DISTINCT source_path) FROM transfer_items WHERE route = ? "
+                        "AND source_deleted_at IS NOT NULL", (route["name"],))
+    return dict(scheduled=paths, blocked=blocked, deleted=int(deleted or 0))
 
 
 def main():
@@ -433,6 +465,7 @@ def main():
             notify_on_succeeded=dict(type="bool", default=False),
             notify_on_failed=dict(type="bool", default=False),
             notify_on_inactive=dict(type="bool", default=False),
+            delete_after_success=dict(type="bool", default=False),
         ),
         uses_globus=True,
         mutually_exclusive=[("deadline", "time_limit")],

@@ -260,3 +260,42 @@ def test_sigkill_at_random_points_never_double_submits(ansible, emulator, tmp_pa
     assert db.scalar("SELECT count(*) FROM transfer_items WHERE status IN ('ACTIVE', 'SUCCEEDED')") == 60
     db.close()
     emulator.wait_idle(timeout=120)
+
+
+def test_delete_after_success_only_unmodified_and_fully_replicated(ansible, emulator, tree, tmp_path):
+    name, datasets = tree
+    state_db = str(tmp_path / "state.db")
+    kept_for_other_route, modified, deletable = datasets[2], datasets[1], datasets[0]
+    args = {"state_db": state_db, "delete_after_success": True,
+            "routes": [{"name": "move", "source_collection": SRC, "items": [deletable, modified, kept_for_other_route],
+                        "destinations": [{"collection": DST, "prefix": "/moved"}]},
+                       # Never submits (its primary is not paused), so its item stays PENDING.
+                       {"name": "other", "source_collection": SRC, "items": [kept_for_other_route],
+                        "overflow_for": "move", "destinations": [{"collection": DST2, "prefix": "/other"}]}]}
+    run(ansible, emulator, "globus_transfer", args)
+    emulator.wait_idle()
+    run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    time.sleep(1.1)  # last_modified has whole seconds
+    with open(os.path.join(str(emulator.root / "src"), modified, "nested", "deeper", "data.nc"), "ab") as handle:
+        handle.write(b"appended after the transfer")
+
+    planned = run(ansible, emulator, "globus_transfer", args, check=True)
+    deletions = planned["routes"]["move"]["deletions"]
+    assert deletions["scheduled"] == ["/" + deletable]
+    assert sorted(b["source"] for b in deletions["blocked"]) == sorted(["/" + modified, "/" + kept_for_other_route])
+    assert os.path.isdir(os.path.join(str(emulator.root / "src"), deletable))
+
+    applied = run(ansible, emulator, "globus_transfer", args)
+    assert [t["kind"] for t in applied["tasks"] if t.get("kind")] == ["delete"]
+    emulator.wait_idle()
+    run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert not os.path.exists(os.path.join(str(emulator.root / "src"), deletable))
+    assert os.path.isdir(os.path.join(str(emulator.root / "src"), modified))
+    assert os.path.isdir(os.path.join(str(emulator.root / "src"), kept_for_other_route))
+    assert os.path.isfile(str(emulator.root / "dst" / "moved" / deletable / "nested" / "deeper" / "data.nc"))
+    rows = db_rows(state_db, "SELECT source_path FROM transfer_items WHERE source_deleted_at IS NOT NULL")
+    assert [r["source_path"] for r in rows] == ["/" + deletable]
+
+    again = run(ansible, emulator, "globus_transfer", args)
+    assert again["changed"] is False and again["routes"]["move"]["deletions"]["deleted"] == 1
+    assert again["routes"]["move"]["deletions"]["scheduled"] == []
