@@ -39,8 +39,7 @@ SYNC_LEVELS = ("exists", "size", "mtime", "checksum")
 # -- paths and items -------------------------------------------------------------------------
 def join_path(prefix, path):
     """Join a collection path prefix and a path, keeping a trailing slash (a directory)."""
-    joined = posixpath.join(prefix or "/", path.lstrip("/"))
-    return joined if joined.startswith("/") else "/" + joined
+    return (prefix or "/").rstrip("/") + "/" + path.lstrip("/")
 
 
 def read_items_file(path):
@@ -70,17 +69,16 @@ def normalise_items(route):
 def item_rows(route, now):
     """Rows for ``transfer_items``: every item of the route to each of its destinations."""
     rows = []
+    source_prefix = route.get("source_prefix", "/")
     for item in normalise_items(route):
-        source_path = join_path(route.get("source_prefix", "/"), item["source"])
+        source_path = join_path(source_prefix, item["source"])
+        recursive = 1 if item["recursive"] else 0
         for destination in route["destinations"]:
-            if item["destination"]:
-                destination_path = join_path(destination.get("prefix", "/"), item["destination"])
-            else:
-                destination_path = join_path(destination.get("prefix", "/"), item["source"])
             rows.append(dict(route=route["name"], source_collection=route["source_collection"],
                              source_path=source_path, destination_collection=destination["collection"],
-                             destination_path=destination_path, recursive=1 if item["recursive"] else 0,
-                             status="PENDING", attempts=0, created_at=now, updated_at=now))
+                             destination_path=join_path(destination.get("prefix", "/"),
+                                                        item["destination"] or item["source"]),
+                             recursive=recursive, status="PENDING", attempts=0, created_at=now, updated_at=now))
     return rows
 
 
@@ -456,8 +454,10 @@ def event_row(task_id, event):
             parsed = json.loads(details)
         except ValueError:
             parsed = {}
-    fingerprint = hashlib.sha256(json.dumps(
-        [event.get("time"), event.get("code"), event.get("description"), details]).encode("utf-8")).hexdigest()
+    # The service gives events no id; these four fields tell them apart.
+    fingerprint = hashlib.sha1("\x1f".join(
+        [event.get("time") or "", event.get("code") or "", event.get("description") or "", details]
+    ).encode("utf-8")).hexdigest()
     return dict(task_id=task_id, time=parse_time(event.get("time")), code=event.get("code") or "",
                 is_error=1 if event.get("is_error") else 0, description=event.get("description"), details=details,
                 bytes=parsed.get("bytes_transferred"), mbps=parsed.get("mbps"), duration=parsed.get("duration"),
