@@ -80,6 +80,10 @@ refreshed:
   description: Unfinished tasks whose status was read.
   returned: success
   type: int
+open_tasks:
+  description: Tasks still unfinished after the refresh; use it to wait for a run's tasks (C(until)).
+  returned: success
+  type: int
 status_changes:
   description: Tasks whose status or pause state changed, with the new status.
   returned: success
@@ -135,7 +139,9 @@ def collect_events(params, db, client):
             completed.append(task["task_id"])
         if _transfers.history_expiring(task["completion_time"], now):
             expiring.append(task["task_id"])
-    return dict(changed=bool(changes or added or completed), refreshed=len(open_ids), status_changes=changes,
+    still_open = len(_transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids))
+    return dict(changed=bool(changes or added or completed), refreshed=len(open_ids), open_tasks=still_open,
+                status_changes=changes,
                 events_added=added, tasks_completed=completed, pending=len(candidates) - done,
                 history_expiring=expiring)
 

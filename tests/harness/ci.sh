@@ -6,35 +6,9 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
-stage() { printf '\n===== %s =====\n' "$*"; }
 
-# -- system packages ------------------------------------------------------------------------
-packages=(rsync openssh-server openssh-client postgresql git shellcheck chromium)
-missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  stage "installing ${missing[*]}"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# -- Python: ansible-core 2.20+ needs Python >= 3.12 on the controller ------------------------
-python=""
-for candidate in "$(command -v pyenv >/dev/null && pyenv root || echo /root/.pyenv)"/versions/3.12.*/bin/python \
-                 "$(command -v python3.12 || true)" "$(command -v python3.13 || true)"; do
-  [ -x "$candidate" ] && { python=$candidate; break; }
-done
-[ -n "$python" ] || { echo "Python 3.12 or 3.13 is needed for ansible-core 2.21" >&2; exit 1; }
-stamp=".venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)"
-if [ ! -e "$stamp" ]; then
-  stage "creating .venv with $python"
-  rm -rf .venv
-  "$python" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
-  touch "$stamp"
-fi
-export PATH="$repo/.venv/bin:$PATH"
+# shellcheck source=tests/harness/setup.sh
+source tests/harness/setup.sh
 
 # -- layout ---------------------------------------------------------------------------------
 collection=$(bash tests/harness/layout.sh)
