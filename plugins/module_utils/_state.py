@@ -60,7 +60,7 @@ _DIALECTS = {
 MIGRATIONS = [
     (
         1,
-        "initial schema: Globus tasks and items, task events, EPNs, rsync attempts, jobs",
+        "initial schema: Globus tasks, items, events and files; EPNs, rsync attempts, jobs",
         [
             """CREATE TABLE globus_tasks (
                 id {pk},
@@ -134,6 +134,16 @@ MIGRATIONS = [
                 UNIQUE (task_id, fingerprint)
             )""",
             "CREATE INDEX task_events_time ON task_events (time)",
+            """CREATE TABLE task_files (
+                id {pk},
+                task_id TEXT NOT NULL REFERENCES globus_tasks (task_id),
+                kind TEXT NOT NULL,
+                source_path TEXT NOT NULL,
+                destination_path TEXT,
+                error_code TEXT,
+                error_details TEXT,
+                UNIQUE (task_id, kind, source_path)
+            )""",
             """CREATE TABLE epns (
                 epn TEXT PRIMARY KEY,
                 beamline TEXT,

@@ -512,8 +512,8 @@ def history_expiring(completion_time, now, warn_days=HISTORY_DAYS - 5):
     return completion_time is not None and now - completion_time > warn_days * 86400
 
 
-def successful_transfers(client, task_id, kind="successful_transfers"):
-    """All pages of a finished task's successful transfers (or ``skipped_errors``)."""
+def task_files(client, task_id, kind):
+    """All pages (marker paging) of a finished task's ``successful_transfers`` or ``skipped_errors``."""
     call = client.task_successful_transfers if kind == "successful_transfers" else client.task_skipped_errors
     marker, documents = None, []
     while True:
@@ -523,3 +523,15 @@ def successful_transfers(client, task_id, kind="successful_transfers"):
         marker = page.get("next_marker")
         if not marker:
             return documents
+
+
+def ingest_task_files(db, client, task_id):
+    """Store which files a finished task transferred and which it skipped; returns how many new.
+    Only for finished tasks: the service answers 400 while a task runs."""
+    rows = [dict(task_id=task_id, kind="succeeded", source_path=d["source_path"],
+                 destination_path=d.get("destination_path"), error_code=None, error_details=None)
+            for d in task_files(client, task_id, "successful_transfers")]
+    rows += [dict(task_id=task_id, kind="skipped", source_path=d["source_path"],
+                  destination_path=d.get("destination_path"), error_code=d.get("error_code"),
+                  error_details=d.get("error_details")) for d in task_files(client, task_id, "skipped_errors")]
+    return db.upsert("task_files", rows, key=["task_id", "kind", "source_path"])

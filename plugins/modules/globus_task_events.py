@@ -58,6 +58,12 @@ options:
     description: Collect only error events (C(filter=is_error:1)).
     type: bool
     default: false
+  task_files:
+    description:
+      - Also store, for each finished task, the files it transferred and the files it skipped with
+        the error (C(successful_transfers) and C(skipped_errors), fetched once the task is finished).
+    type: bool
+    default: false
 seealso:
   - module: scidata.replication.globus_transfer
 author:
@@ -91,6 +97,10 @@ status_changes:
   sample: {"5a3f2a1e-0000-4000-8000-000000000001": SUCCEEDED}
 events_added:
   description: Events stored by this run.
+  returned: success
+  type: int
+task_files_added:
+  description: Transferred and skipped files stored by this run (with O(task_files)).
   returned: success
   type: int
 tasks_completed:
@@ -127,7 +137,7 @@ def collect_events(params, db, client):
     open_ids = _transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids)
     changes = _transfers.refresh_tasks(db, client, open_ids)
     candidates = _transfers.tasks_needing_events(db, jobs=jobs, task_ids=task_ids)
-    added, completed, expiring, done = 0, [], [], 0
+    added, files_added, completed, expiring, done = 0, 0, [], [], 0
     now = time.time()
     for task in candidates[:params["max_tasks"]]:
         if time.monotonic() - started > params["time_budget"]:
@@ -135,13 +145,15 @@ def collect_events(params, db, client):
         added += _transfers.ingest_events(db, client, task["task_id"], errors_only=params["errors_only"])
         done += 1
         if task["status"] in _transfers.TERMINAL_TASK_STATUSES and not params["errors_only"]:
+            if params["task_files"]:
+                files_added += _transfers.ingest_task_files(db, client, task["task_id"])
             _transfers.mark_events_complete(db, task["task_id"])
             completed.append(task["task_id"])
         if _transfers.history_expiring(task["completion_time"], now):
             expiring.append(task["task_id"])
     still_open = len(_transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids))
     return dict(changed=bool(changes or added or completed), refreshed=len(open_ids), open_tasks=still_open,
-                status_changes=changes,
+                status_changes=changes, task_files_added=files_added,
                 events_added=added, tasks_completed=completed, pending=len(candidates) - done,
                 history_expiring=expiring)
 
@@ -154,6 +166,7 @@ def main():
             max_tasks=dict(type="int", default=100),
             time_budget=dict(type="int", default=300),
             errors_only=dict(type="bool", default=False),
+            task_files=dict(type="bool", default=False),
         ),
         uses_globus=True,
         supports_check_mode=True,

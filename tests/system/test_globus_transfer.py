@@ -72,7 +72,7 @@ def converge(ansible, emulator, args, state_db, rounds=8):
     for _round in range(rounds):
         result = run(ansible, emulator, "globus_transfer", args)
         emulator.wait_idle(timeout=60)
-        run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+        run(ansible, emulator, "globus_task_events", {"state_db": state_db, "task_files": True})
         counts = [r["counts"] for r in run(ansible, emulator, "globus_transfer", dict(args))["routes"].values()]
         emulator.wait_idle(timeout=60)
         if all(c["PENDING"] == 0 and c["ACTIVE"] == 0 and c["FAILED"] == 0 for c in counts):
@@ -126,6 +126,11 @@ def test_esgf_scenario_end_to_end(ansible, emulator, tree, state_db_url):
     progress = db_rows(state_db_url, "SELECT bytes, mbps, duration FROM task_events WHERE code = 'PROGRESS'")
     assert progress and all(r["bytes"] > 0 and r["duration"] > 0 for r in progress)
     events_before = db_rows(state_db_url, "SELECT count(*) AS n FROM task_events")[0]["n"]
+    source_files = sum(len(files) for _root, _dirs, files in os.walk(source))
+    transferred = db_rows(state_db_url, "SELECT t.job, count(*) AS n FROM task_files f JOIN globus_tasks t "
+                                        "ON t.task_id = f.task_id WHERE f.kind = 'succeeded' GROUP BY t.job")
+    assert sorted((r["job"], r["n"]) for r in transferred) == [
+        ("a-to-b", source_files), ("to-a", source_files), ("to-b", source_files)]
     tasks = emulator.tasks()
     assert len({t["submission_id"] for t in tasks}) == len(tasks) == 9  # 3 + 3 + 3 tasks of two items or one
 
