@@ -33,14 +33,15 @@ def tree(emulator):
     name = "t" + uuid.uuid4().hex[:8]
     datasets = []
     for number in range(5):
-        dataset = os.path.join(str(emulator.root / "src"), name, "CMIP6", "exp%d" % number, "v1")
+        experiment = "exp%d" % number if number < 4 else "-exp 4 ünï 'q\""  # a hostile item path too
+        dataset = os.path.join(str(emulator.root / "src"), name, "CMIP6", experiment, "v1")
         os.makedirs(os.path.join(dataset, "nested", "deeper"))
         for index, file_name in enumerate(HOSTILE_NAMES[: 2 + number % 4]):
             with open(os.path.join(dataset, file_name), "wb") as handle:
                 handle.write(os.urandom(2048 + index))
         with open(os.path.join(dataset, "nested", "deeper", "data.nc"), "wb") as handle:
             handle.write(os.urandom(4096))
-        datasets.append("%s/CMIP6/exp%d/v1/" % (name, number))
+        datasets.append("%s/CMIP6/%s/v1/" % (name, experiment))
     return name, datasets
 
 
