@@ -375,17 +375,20 @@ def parse_time(value):
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def _task_filter(jobs, task_ids):
+    """SQL conditions (and parameters) for submitted tasks, optionally of some jobs or ids."""
+    where, params = " AND task_id IS NOT NULL", []
+    for column, values in (("job", jobs), ("task_id", task_ids)):
+        if values:
+            where += " AND %s IN (%s)" % (column, ", ".join("?" * len(values)))
+            params.extend(values)
+    return where, params
+
+
 def open_task_ids(db, jobs=None, task_ids=None, limit=None):
     """Submitted tasks that are not finished, oldest first, optionally narrowed."""
-    sql = "SELECT task_id FROM globus_tasks WHERE task_id IS NOT NULL AND status IN ('ACTIVE', 'INACTIVE')"
-    params = []
-    if jobs:
-        sql += " AND job IN (%s)" % ", ".join("?" * len(jobs))
-        params.extend(jobs)
-    if task_ids:
-        sql += " AND task_id IN (%s)" % ", ".join("?" * len(task_ids))
-        params.extend(task_ids)
-    sql += " ORDER BY id"
+    where, params = _task_filter(jobs, task_ids)
+    sql = "SELECT task_id FROM globus_tasks WHERE status IN ('ACTIVE', 'INACTIVE')%s ORDER BY id" % where
     if limit:
         sql += " LIMIT %d" % int(limit)
     return [row["task_id"] for row in db.query(sql, params)]
@@ -489,15 +492,8 @@ def ingest_events(db, client, task_id, errors_only=False):
 def tasks_needing_events(db, jobs=None, task_ids=None, limit=None):
     """Finished tasks whose events are not complete, oldest completion first (Globus forgets
     per-file history after 30 days), then open tasks."""
-    sql = ("SELECT task_id, status, completion_time FROM globus_tasks WHERE task_id IS NOT NULL "
-           "AND events_complete = 0")
-    params = []
-    if jobs:
-        sql += " AND job IN (%s)" % ", ".join("?" * len(jobs))
-        params.extend(jobs)
-    if task_ids:
-        sql += " AND task_id IN (%s)" % ", ".join("?" * len(task_ids))
-        params.extend(task_ids)
+    where, params = _task_filter(jobs, task_ids)
+    sql = "SELECT task_id, status, completion_time FROM globus_tasks WHERE events_complete = 0%s" % where
     sql += " ORDER BY CASE WHEN status IN ('SUCCEEDED', 'FAILED') THEN 0 ELSE 1 END, completion_time, id"
     if limit:
         sql += " LIMIT %d" % int(limit)
