@@ -1,5 +1,9 @@
-# scidata.replication: `make test` is the one test command (CI runs it through .ci/run).
-.PHONY: test build bench clean
+# scidata.replication: `make demo` shows it working; `make test` is the one test command (CI runs
+# it through .ci/run).
+.PHONY: demo test build bench clean
+
+demo:
+	bash demo/run.sh
 
 test:
 	bash tests/harness/ci.sh

@@ -11,29 +11,51 @@ facility. This file holds the client for the facility portal (the Australian
 Synchrotron portal API used by mxsync/epnalert): password-grant login per equipment
 entry and the visits query, with one re-login on HTTP 401. It also holds the pure
 rules around it: which visits are ready to sync, EPN name validation, the
-``epn_cap_map`` project lookup, and the source/destination path templates.
+``epn_cap_map`` project lookup, and the source/destination path templates; the SFTP
+side (paramiko with known host keys only: listing EPN folders and walking them); the
+argument specs the EPN modules share; mxsync's ``ignore.yml``; and the alert plan
+(unknown EPNs, visit details, re-alert dedup).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import http.client
 import json
 import re
+import socket
+import stat
 import string
+import threading
 from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.common.yaml import HAS_YAML, yaml_load
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import (
     ConfigError,
+    MissingLibraryError,
     PortalError,
+    RsyncError,
 )
+
+try:
+    import paramiko
+
+    HAS_PARAMIKO = True
+    PARAMIKO_IMPORT_ERROR = None
+except ImportError as exc:  # only epn_alert and epn_inventory need it
+    HAS_PARAMIKO = False
+    PARAMIKO_IMPORT_ERROR = exc
 
 DEFAULT_TIMEOUT = 30
 HTTP_AGENT = "scidata.replication"
+DEFAULT_SRC_PREFIX = "/data"
+DEFAULT_VISIT_DAY_RANGE = 30
 
 DEFAULT_EPN_PATTERN = r"[A-Za-z0-9._-]+"
 DEFAULT_DEST_TEMPLATE = "{dest_root}/{project}/{epn}/data/"
@@ -242,7 +264,8 @@ def select_visits_to_sync(visits, now, visit_day_range):
     ``now``'s timezone.
 
     Returns ``visits`` (one per EPN, its latest-ending ready visit, ordered by end
-    time), ``skipped`` (``epn``, ``reason``) and ``current_start`` (ISO 8601).
+    time), ``skipped`` (``epn``, ``reason``: unreadable visits, EPNs with a visit still
+    running, and visits that ended after ``current_start``) and ``current_start`` (ISO 8601).
     """
     _check_day_range(visit_day_range)
     start = current_start(visits, now)
@@ -261,16 +284,22 @@ def select_visits_to_sync(visits, now, visit_day_range):
             running_epns.add(visit["epn"])
 
     latest = {}
+    late = set()
     for visit, end in readable:
-        if not window_start <= end < start:
-            continue
         if visit["epn"] in running_epns:
             held_back = {"epn": visit["epn"], "reason": "EPN has a visit still running"}
             if held_back not in skipped:
                 skipped.append(held_back)
             continue
+        if start <= end < now:
+            late.add(visit["epn"])
+        if not window_start <= end < start:
+            continue
         if visit["epn"] not in latest or end > latest[visit["epn"]][1]:
             latest[visit["epn"]] = (visit, end)
+    for epn in sorted(late - set(latest)):
+        # Picked up by a later run, once no visit that started before it ended is running.
+        skipped.append({"epn": epn, "reason": "visit ended after a visit still running started"})
     ordered = sorted(latest.values(), key=lambda item: (item[1], item[0]["epn"]))
     return {"visits": [visit for visit, _end in ordered], "skipped": skipped, "current_start": start.isoformat()}
 
@@ -476,3 +505,381 @@ def fetch_visits_to_sync(clients, now, visit_day_range):
     start = current_start(running, now)
     earlier = fetch_visits(clients, start - datetime.timedelta(days=visit_day_range), start)
     return select_visits_to_sync(running + earlier, now, visit_day_range)
+
+
+# -- argument specs the EPN modules share (documented in the scidata.replication._epn doc fragment) --
+
+# Where the EPN folders are and how to reach them over SSH.
+SSH_ARGUMENT_SPEC = dict(
+    host=dict(type="str", required=True),
+    port=dict(type="int", default=22),
+    user=dict(type="str", required=True),
+    key_file=dict(type="path"),
+    known_hosts_file=dict(type="path"),
+    connect_timeout=dict(type="int", default=30),
+    server_alive_interval=dict(type="int", default=15),
+    server_alive_count_max=dict(type="int", default=4),
+    src_prefix=dict(type="str", default=DEFAULT_SRC_PREFIX),
+    beamline=dict(type="str"),
+    epn_pattern=dict(type="str", default=DEFAULT_EPN_PATTERN),
+)
+
+# The facility portal: one entry per equipment, each with its own credentials (mxsync's config).
+PORTAL_ARGUMENT_SPEC = dict(
+    portal_url=dict(type="str", aliases=["base_url"], fallback=(env_fallback, ["SCIDATA_PORTAL_URL"])),
+    equipment=dict(type="list", elements="dict", options=dict(
+        id=dict(type="str", required=True),
+        client_name=dict(type="str", required=True),
+        client_password=dict(type="str", required=True, no_log=True),
+        username=dict(type="str", required=True),
+        password=dict(type="str", required=True, no_log=True),
+    )),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+    portal_timeout=dict(type="int", default=DEFAULT_TIMEOUT),
+    visit_day_range=dict(type="int", default=DEFAULT_VISIT_DAY_RANGE),
+)
+
+
+def portal_clients_from_params(params):
+    """PortalClients from the PORTAL_ARGUMENT_SPEC options."""
+    if not params.get("portal_url"):
+        raise ConfigError("portal_url is needed to query the facility portal", option="portal_url")
+    return portal_clients(
+        params["portal_url"],
+        params.get("equipment"),
+        validate_certs=params["validate_certs"],
+        ca_path=params.get("ca_path"),
+        timeout=params["portal_timeout"],
+    )
+
+
+def epn_directory(src_prefix, beamline=None):
+    """The remote folder whose sub-folders are EPNs: ``{src_prefix}/{beamline}`` (2021 layout)."""
+    if not isinstance(src_prefix, str) or not src_prefix.startswith("/"):
+        raise ConfigError("src_prefix must be an absolute path", option="src_prefix")
+    if _CONTROL_RE.search(src_prefix) or ".." in src_prefix.split("/"):
+        raise ConfigError("src_prefix must not contain control characters or '..'", option="src_prefix")
+    path = src_prefix.rstrip("/") or ""
+    if beamline is not None:
+        problem = _name_problem(beamline, re.compile(DEFAULT_EPN_PATTERN))
+        if problem:
+            raise ConfigError("beamline %r %s" % (beamline, problem), option="beamline")
+        path += "/" + beamline
+    return path or "/"
+
+
+# -- mxsync's ignore.yml ------------------------------------------------------------------
+
+def read_ignore_file(path):
+    """Return the ``previouslySynched`` EPNs of an mxsync ``ignore.yml`` as strings."""
+    if not HAS_YAML:
+        raise MissingLibraryError("yaml", "PyYAML", reason="to read import_ignore_file")
+    try:
+        with open(path, "rb") as handle:
+            data = yaml_load(handle)
+    except OSError as exc:
+        raise ConfigError("cannot read import_ignore_file %s: %s" % (path, exc), option="import_ignore_file") from None
+    except Exception as exc:  # the YAML library's own error types differ between loaders
+        raise ConfigError("import_ignore_file %s is not valid YAML: %s" % (path, exc), option="import_ignore_file") from None
+    if data is None:
+        return []
+    listed = data.get("previouslySynched") if isinstance(data, dict) else None
+    if listed is None and isinstance(data, dict):
+        return []
+    if not isinstance(listed, list):
+        raise ConfigError(
+            "import_ignore_file %s must be a mapping with a previouslySynched list, as mxsync writes it" % path,
+            option="import_ignore_file",
+        )
+    return [str(item) for item in listed if item is not None]
+
+
+# -- SFTP (paramiko): host keys from known_hosts only ------------------------------------
+
+# What rsync's default filter (--include=.info --exclude=.*) keeps, so the inventory counts
+# the files epn_rsync transfers.
+def rsync_default_filter(name):
+    return name == ".info" or not name.startswith(".")
+
+
+def _require_paramiko():
+    if not HAS_PARAMIKO:
+        raise MissingLibraryError("paramiko", "paramiko", reason="for SFTP access to the EPN folders",
+                                  exception=PARAMIKO_IMPORT_ERROR)
+
+
+class SftpSession(object):
+    """One SSH connection with an SFTP channel, for ``with SftpSession(...) as sftp``.
+
+    Host keys come from ``known_hosts_file`` (or the user's known_hosts) and an unknown or
+    changed key is refused (``RejectPolicy``): never trust on first use.
+    """
+
+    def __init__(self, host, user, port=22, key_file=None, known_hosts_file=None, connect_timeout=30,
+                 server_alive_interval=15):
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key_file = key_file
+        self.known_hosts_file = known_hosts_file
+        self.connect_timeout = connect_timeout
+        self.server_alive_interval = server_alive_interval
+        self.client = None
+        self.sftp = None
+
+    @property
+    def where(self):
+        return "%s@%s:%d" % (self.user, self.host, self.port)
+
+    def open(self):
+        _require_paramiko()
+        client = paramiko.SSHClient()
+        try:
+            if self.known_hosts_file:
+                client.load_host_keys(self.known_hosts_file)
+            else:
+                client.load_system_host_keys()
+        except (OSError, paramiko.SSHException) as exc:
+            client.close()
+            raise ConfigError("cannot read known_hosts_file %s: %s" % (self.known_hosts_file, exc),
+                              option="known_hosts_file") from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        known = self.known_hosts_file or "the user's known_hosts"
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                key_filename=self.key_file,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                allow_agent=self.key_file is None,
+                look_for_keys=self.key_file is None,
+            )
+            transport = client.get_transport()
+            if self.server_alive_interval:
+                transport.set_keepalive(self.server_alive_interval)
+            self.sftp = client.open_sftp()
+            # Every SFTP request fails instead of hanging when the server stops answering.
+            self.sftp.get_channel().settimeout(max(self.connect_timeout, 1) * 4)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise RsyncError(
+                "the SSH host key of %s:%d does not match the one in %s; refusing to connect (the server "
+                "was re-keyed or someone is in the middle). Check the new key out of band, then update "
+                "known_hosts_file (for example with ansible.builtin.known_hosts)." % (self.host, self.port, known),
+                host=self.host, port=self.port,
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise RsyncError("SSH authentication as %s failed: %s" % (self.where, exc), host=self.host,
+                             port=self.port) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise RsyncError(
+                    "the SSH host key of %s:%d is not in %s; unknown host keys are never accepted. Add the "
+                    "key (for example with ansible.builtin.known_hosts) after checking it out of band."
+                    % (self.host, self.port, known),
+                    host=self.host, port=self.port,
+                ) from None
+            raise RsyncError("SSH to %s failed: %s" % (self.where, exc), host=self.host, port=self.port) from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise RsyncError("cannot connect to %s: %s" % (self.where, exc), host=self.host,
+                             port=self.port) from None
+        self.client = client
+        return self.sftp
+
+    def close(self):
+        for thing in (self.sftp, self.client):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass  # closing a broken connection must not hide the real error
+        self.sftp = self.client = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def sftp_session_from_params(params):
+    return SftpSession(
+        params["host"],
+        params["user"],
+        port=params["port"],
+        key_file=params.get("key_file"),
+        known_hosts_file=params.get("known_hosts_file"),
+        connect_timeout=params["connect_timeout"],
+        server_alive_interval=params["server_alive_interval"],
+    )
+
+
+def _sftp_error(action, path, exc):
+    return RsyncError("cannot %s %s over SFTP: %s" % (action, path, exc), path=path)
+
+
+def list_epn_folders(sftp, directory, epn_pattern=DEFAULT_EPN_PATTERN):
+    """Return ``(epns, rejected)``: sub-folders of ``directory`` that are safe EPN names, and
+    ``{"epn", "reason"}`` for the others. Files and symbolic links are not EPNs."""
+    pattern = _compile_pattern(epn_pattern)
+    try:
+        entries = sftp.listdir_attr(directory)
+    except (OSError, EOFError, socket.timeout) as exc:
+        raise _sftp_error("list", directory, exc) from None
+    epns, rejected = [], []
+    for entry in entries:
+        if entry.st_mode is None or not stat.S_ISDIR(entry.st_mode):
+            continue
+        problem = _name_problem(entry.filename, pattern)
+        if problem:
+            rejected.append({"epn": entry.filename, "reason": "EPN %s" % problem})
+        else:
+            epns.append(entry.filename)
+    return sorted(epns), sorted(rejected, key=lambda item: item["epn"])
+
+
+def walk_epn_folder(sftp, path, keep=rsync_default_filter):
+    """Walk one EPN folder: total size in bytes and number of regular files, the newest
+    modification time of its files and folders, and the folders that could not be read.
+
+    Names ``keep`` refuses (by default what rsync's ``--exclude=.*`` skips) are not counted
+    and not descended into; symbolic links are not followed.
+    """
+    try:
+        top = sftp.stat(path)
+    except (OSError, EOFError, socket.timeout) as exc:
+        raise _sftp_error("read", path, exc) from None
+    size = count = 0
+    newest = top.st_mtime
+    errors = []
+    stack = [path]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sftp.listdir_attr(directory)
+        except (OSError, socket.timeout) as exc:
+            errors.append("%s: %s" % (directory, exc))
+            continue
+        except EOFError as exc:
+            raise _sftp_error("list", directory, exc) from None
+        for entry in entries:
+            if not keep(entry.filename) or entry.st_mode is None:
+                continue
+            if entry.st_mtime is not None and (newest is None or entry.st_mtime > newest):
+                newest = entry.st_mtime
+            if stat.S_ISDIR(entry.st_mode):
+                stack.append(directory.rstrip("/") + "/" + entry.filename)
+            elif stat.S_ISREG(entry.st_mode):
+                size += entry.st_size or 0
+                count += 1
+    return {"size_bytes": size, "file_count": count, "newest_mtime": float(newest) if newest is not None else None,
+            "errors": errors}
+
+
+def walk_epn_folders(params, directory, epns, workers=1):
+    """Walk each EPN folder under ``directory``, ``workers`` SFTP sessions at once.
+
+    Returns ``{epn: walk_epn_folder(...) result}``. Each session is its own SSH connection
+    (paramiko's clients are not shared between threads).
+    """
+    if workers < 1:
+        raise ConfigError("workers must be at least 1", option="workers")
+    pending = list(epns)
+    results = {}
+    lock = threading.Lock()
+
+    def take():
+        with lock:
+            return pending.pop(0) if pending else None
+
+    def work():
+        with sftp_session_from_params(params) as sftp:
+            while True:
+                epn = take()
+                if epn is None:
+                    return
+                results[epn] = walk_epn_folder(sftp, directory.rstrip("/") + "/" + epn)
+
+    count = min(workers, len(pending))
+    if count <= 1:
+        if pending:
+            work()
+        return results
+    with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(work) for _index in range(count)]
+        for future in futures:
+            future.result()
+    return results
+
+
+# -- epn_alert's plan -------------------------------------------------------------------------
+
+def _person(value):
+    if not isinstance(value, dict):
+        return None
+    return {key: value.get(key) if isinstance(value.get(key), str) else "" for key in ("first_names", "last_name", "email")}
+
+
+def visit_details(visits):
+    """Per EPN, the details of its latest-starting visit, with the data scientists of all its visits."""
+    grouped = {}
+    for visit in visits:
+        if isinstance(visit, dict) and isinstance(visit.get("epn"), str):
+            grouped.setdefault(visit["epn"], []).append(visit)
+    details = {}
+    for epn, group in grouped.items():
+        group.sort(key=lambda v: str(v.get("start_time") or ""), reverse=True)
+        latest = group[0]
+        scientists = []
+        for visit in group:
+            listed = visit.get("data_scientists") if isinstance(visit.get("data_scientists"), list) else []
+            for person in (_person(p) for p in listed):
+                if person and person not in scientists:
+                    scientists.append(person)
+        details[epn] = {
+            "epn": epn,
+            "start_time": latest.get("start_time"),
+            "end_time": latest.get("end_time"),
+            "equipment_id": latest.get("equipment_id"),
+            "principal_scientist": _person(latest.get("principal_scientist")),
+            "data_scientists": scientists,
+        }
+    return details
+
+
+def plan_alert(listed, epn_cap_map, visits, alerted, now, realert_after_days):
+    """Decide which unknown EPNs to alert about, as a pure function.
+
+    ``listed`` are the EPN folders seen, ``alerted`` maps EPN to the epoch seconds of its last
+    alert (or None), ``now`` is epoch seconds. An EPN is unknown when ``epn_cap_map`` has no
+    project for it; it is due when never alerted, or alerted ``realert_after_days`` days ago
+    or more (0 never alerts again). Returns ``unknown``, ``due``, ``suppressed`` (with
+    ``alerted_at``), ``with_details`` (due EPNs with portal visit details, sorted) and
+    ``without_details`` (the other due EPNs, sorted).
+    """
+    if isinstance(realert_after_days, bool) or not isinstance(realert_after_days, (int, float)) or realert_after_days < 0:
+        raise ConfigError("realert_after_days must be 0 or more", option="realert_after_days")
+    unknown = sorted(epn for epn in set(listed) if project_for_epn(epn, epn_cap_map) is None)
+    details = visit_details(visits)
+    due, suppressed = [], []
+    for epn in unknown:
+        last = (alerted or {}).get(epn)
+        if last is None or (realert_after_days > 0 and now - last >= realert_after_days * 86400):
+            due.append(epn)
+        else:
+            suppressed.append({"epn": epn, "alerted_at": datetime.datetime.fromtimestamp(
+                last, datetime.timezone.utc).isoformat(timespec="seconds")})
+    return {
+        "unknown": unknown,
+        "due": due,
+        "suppressed": suppressed,
+        "with_details": [details[epn] for epn in due if epn in details],
+        "without_details": [epn for epn in due if epn not in details],
+    }

@@ -35,6 +35,22 @@ LABEL_MAX = 128
 HISTORY_DAYS = 30
 SYNC_LEVELS = ("exists", "size", "mtime", "checksum")
 
+# The TransferData options every submitting module takes (scidata.replication._transfer_options).
+TRANSFER_ARGUMENT_SPEC = dict(
+    sync_level=dict(type="str", default="mtime", choices=list(SYNC_LEVELS)),
+    verify_checksum=dict(type="bool", default=True),
+    preserve_timestamp=dict(type="bool", default=True),
+    encrypt_data=dict(type="bool", default=False),
+    deadline=dict(type="str"),
+    time_limit=dict(type="int"),
+    skip_source_errors=dict(type="bool", default=False),
+    fail_on_quota_errors=dict(type="bool", default=True),
+    notify_on_succeeded=dict(type="bool", default=False),
+    notify_on_failed=dict(type="bool", default=False),
+    notify_on_inactive=dict(type="bool", default=False),
+)
+TRANSFER_MUTUALLY_EXCLUSIVE = [("deadline", "time_limit")]
+
 
 # -- paths and items -------------------------------------------------------------------------
 def join_path(prefix, path):

@@ -26,6 +26,7 @@ description:
 extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._state
+  - scidata.replication._transfer_options
   - scidata.replication._attributes
   - scidata.replication._attributes.actiongroup_replication
 attributes:
@@ -140,31 +141,6 @@ options:
       - A label longer than 128 characters or containing a line break is refused before any request.
     type: str
     default: "{route} {first}"
-  sync_level:
-    description:
-      - How Globus decides whether a file that exists at the destination is sent again.
-      - Retries always use V(checksum).
-    type: str
-    choices: [exists, size, mtime, checksum]
-    default: mtime
-  verify_checksum:
-    description: Verify each file's checksum after transfer.
-    type: bool
-    default: true
-  preserve_timestamp:
-    description: Give destination files the source modification times.
-    type: bool
-    default: true
-  encrypt_data:
-    description: Encrypt the data channel.
-    type: bool
-    default: false
-  deadline:
-    description: ISO 8601 time after which Globus stops the task. Exclusive with O(time_limit).
-    type: str
-  time_limit:
-    description: Minutes after submission after which Globus stops the task.
-    type: int
   filter_rules:
     description:
       - Globus filter rules for recursive items.
@@ -186,28 +162,8 @@ options:
         description: Shell-style pattern matched against names.
         type: str
         required: true
-  skip_source_errors:
-    description: Skip source files that cannot be read instead of failing the task.
-    type: bool
-    default: false
-  fail_on_quota_errors:
-    description: Fail the task at once when the destination is over quota.
-    type: bool
-    default: true
   delete_destination_extra:
     description: Delete destination files that are not in the source (recursive items only).
-    type: bool
-    default: false
-  notify_on_succeeded:
-    description: Ask Globus to e-mail the task owner on success.
-    type: bool
-    default: false
-  notify_on_failed:
-    description: Ask Globus to e-mail the task owner on failure.
-    type: bool
-    default: false
-  notify_on_inactive:
-    description: Ask Globus to e-mail the task owner when the task becomes inactive.
     type: bool
     default: false
   delete_after_success:
@@ -295,6 +251,18 @@ routes:
           (with the reason) and how many sources of the route are deleted so far.
       type: dict
       returned: when O(delete_after_success=true)
+      contains:
+        scheduled:
+          description: Source paths a delete task was submitted for by this run.
+          type: list
+          elements: str
+        blocked:
+          description: Source paths kept, each with the C(reason).
+          type: list
+          elements: dict
+        deleted:
+          description: Source paths of the route deleted so far.
+          type: int
 tasks:
   description:
     - Tasks submitted by this run (in check mode, that would be submitted, with their paths).
@@ -321,9 +289,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._globus import
 )
 from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
 
-TRANSFER_OPTIONS = ("sync_level", "verify_checksum", "preserve_timestamp", "encrypt_data", "deadline", "time_limit",
-                    "filter_rules", "skip_source_errors", "fail_on_quota_errors", "delete_destination_extra",
-                    "notify_on_succeeded", "notify_on_failed", "notify_on_inactive")
+TRANSFER_OPTIONS = tuple(_transfers.TRANSFER_ARGUMENT_SPEC) + ("filter_rules", "delete_destination_extra")
 
 
 def ordered_routes(routes):
@@ -448,27 +414,17 @@ def main():
             retry_backoff=dict(type="int", default=600),
             retry_backoff_max=dict(type="int", default=86400),
             label=dict(type="str", default="{route} {first}"),
-            sync_level=dict(type="str", default="mtime", choices=list(_transfers.SYNC_LEVELS)),
-            verify_checksum=dict(type="bool", default=True),
-            preserve_timestamp=dict(type="bool", default=True),
-            encrypt_data=dict(type="bool", default=False),
-            deadline=dict(type="str"),
-            time_limit=dict(type="int"),
             filter_rules=dict(type="list", elements="dict", default=[], options=dict(
                 method=dict(type="str", required=True, choices=["include", "exclude"]),
                 type=dict(type="str", choices=["file", "dir"]),
                 name=dict(type="str", required=True),
             )),
-            skip_source_errors=dict(type="bool", default=False),
-            fail_on_quota_errors=dict(type="bool", default=True),
             delete_destination_extra=dict(type="bool", default=False),
-            notify_on_succeeded=dict(type="bool", default=False),
-            notify_on_failed=dict(type="bool", default=False),
-            notify_on_inactive=dict(type="bool", default=False),
             delete_after_success=dict(type="bool", default=False),
+            **_transfers.TRANSFER_ARGUMENT_SPEC
         ),
         uses_globus=True,
-        mutually_exclusive=[("deadline", "time_limit")],
+        mutually_exclusive=_transfers.TRANSFER_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
     module.run(replicate, job="+".join(sorted(r["name"] for r in module.params["routes"])))

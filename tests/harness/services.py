@@ -89,13 +89,20 @@ class Service(object):
             handle.write(str(self.process.pid))
 
     def stop(self):
-        if os.path.exists(self.pid_file):
+        if self.process is not None:
+            # Our own child: terminate and reap it (a zombie would look alive to stop_pid).
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        elif os.path.exists(self.pid_file):
             with open(self.pid_file) as handle:
                 stop_pid(int(handle.read()))
+        if os.path.exists(self.pid_file):
             os.unlink(self.pid_file)
-        if self.process is not None:
-            self.process.wait()
-            self.process = None
 
 
 class PostgresServer(Service):

@@ -136,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10
 
     def setup(self):
+        self._record = None  # the API call being answered, logged by _send_json
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(self.timeout)
             self.request.do_handshake()
@@ -150,6 +151,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status, payload):
         body = json.dumps(payload).encode("utf-8")
+        record = self._record
+        if record is not None:
+            # Logged before the client can read the answer, so the log keeps the order of the calls.
+            record["status"] = status
+            self.state.log_request(record)
+            self._record = None
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -189,13 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
             "query": {k: (REDACTED if k in _SECRET_FIELDS else v) for k, v in query.items()},
         }
         segments = parts.path.strip("/").split("/")
+        self._record = record
         if method == "POST" and parts.path == "/api/v1/oauth/token":
-            record["status"] = self._token(body, record)
+            self._token(body, record)
         elif method == "GET" and len(segments) == 5 and segments[:3] == ["api", "v1", "equipment"] and segments[4] == "visits":
-            record["status"] = self._visits(unquote(segments[3]), query)
+            self._visits(unquote(segments[3]), query)
         else:
-            record["status"] = self._error(404, "Not found.")
-        self.state.log_request(record)
+            self._error(404, "Not found.")
 
     def _token(self, body, record):
         client_name, client_password = self._basic_auth()

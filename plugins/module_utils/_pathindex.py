@@ -1,0 +1,1441 @@
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# PRIVATE to the scidata.replication collection. Do not use this from other collections.
+"""The compact per-job path index of dir_trie_sync: scan + diff, and the run built on it.
+
+One SQLite file per job, on the host that holds the source tree (it is read in full every run).
+A directory is one row of ``dirs``: its name once (a trie: ``parent`` + ``name``) and its files
+packed in name order: zlib-compressed NUL-joined UTF-8 ``names``, native arrays ``sizes`` (4 bytes
+each when they fit) and ``mtimes`` (int64 nanoseconds), one state byte per file in ``sts`` and,
+with compare=hash, the concatenated digests in ``hashes``. That is about 15 bytes per file plus
+its compressed name, read back with a handful of C-level calls per directory; ``pending`` counts
+the files not yet everywhere, so finding them never reads the whole tree.
+
+A file's state byte is ``SYNCED`` (every destination holds this very version), ``NEW`` (never
+confirmed anywhere) or ``CHANGED`` (they hold the older version kept in ``sent``); ``RETRY`` is
+or-ed in after a FAILED task, so the next attempt uses ``sync_level=checksum``.
+
+Sparse side tables, empty when a tree is replicated:
+``subs`` + ``inflight``  the exact file versions each submitted task carries, committed before the
+                         task is POSTed; SUCCEEDED marks exactly those versions transferred, FAILED
+                         leaves them pending;
+``sent``                 the version the destinations hold of a CHANGED file;
+``delivered``            with several destinations, versions confirmed on some but not all;
+``gone``                 paths deleted from the source awaiting a delete task (delete_destination).
+
+The scan walks directory by directory with ``os.scandir`` on directory file descriptors (one
+``fstatat`` per file, no path resolution), holding only the current directory's entries and
+the stack of open ancestors, so memory stays flat as the tree grows (it grows with the largest
+directory). Every directory is read every run: a file rewritten in place does not change its
+directory's mtime.
+
+Nothing here uses AnsibleModule; ``DirTrieSync`` needs a StateDB and a TransferClient.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import datetime
+import decimal
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+import zlib
+
+from ansible_collections.scidata.replication.plugins.module_utils._errors import (
+    ConfigError,
+    GlobusError,
+    ReplicationError,
+    StateError,
+)
+from ansible_collections.scidata.replication.plugins.module_utils._globus import (
+    api_errors,
+    collection_readiness,
+    resubmit_unconfirmed,
+    submit_exactly_once,
+    unconfirmed_submissions,
+)
+from ansible_collections.scidata.replication.plugins.module_utils._transfers import (
+    join_path,
+    open_task_ids,
+    refresh_tasks,
+    render_label,
+    route_task_state,
+    task_files,
+    transfer_document,
+)
+
+INDEX_FORMAT = 2
+COMPARE_MODES = ("mtime", "mtime_size", "hash")
+HASH_ALGORITHMS = ("sha256", "md5")
+DIGEST_SIZES = {"sha256": 32, "md5": 16}
+KIND = "dir_trie_sync"
+
+# A file's state byte.
+NEW, SYNCED, CHANGED, RETRY = 0, 1, 2, 4
+ROOT_ID = 1
+HASH_CHUNK = 1 << 20
+COMMIT_EVERY = 50000
+QUERY_CHUNK = 500
+CACHE_KIB = 2048
+PAGE_SIZE = 16384
+NAMES_ZLIB_LEVEL = 6
+# Sizes of a directory whose files are all under 4 GiB take 4 bytes each.
+SIZE32 = "I" if array.array("I").itemsize == 4 else "q"
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+SCHEMA = [
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "CREATE TABLE dirs (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, name TEXT NOT NULL, "
+    "leaf INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0, "
+    "sts BLOB, sizes BLOB, mtimes BLOB, names BLOB, hashes BLOB)",
+    "CREATE UNIQUE INDEX dirs_parent_name ON dirs (parent, name)",
+    "CREATE INDEX dirs_unsent_leaves ON dirs (id) WHERE leaf = 1 AND sent = 0",
+    # Only directories with files not yet everywhere: empty once a tree is replicated.
+    "CREATE INDEX dirs_pending ON dirs (id) WHERE pending > 0",
+    "CREATE TABLE sent (dir INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+    "hash BLOB, PRIMARY KEY (dir, name)) WITHOUT ROWID",
+    "CREATE TABLE dests (id INTEGER PRIMARY KEY, collection TEXT NOT NULL, path TEXT NOT NULL, "
+    "active INTEGER NOT NULL DEFAULT 1)",
+    "CREATE TABLE subs (id INTEGER PRIMARY KEY AUTOINCREMENT, submission_id TEXT NOT NULL UNIQUE, "
+    "dest INTEGER NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL)",
+    "CREATE TABLE inflight (dir INTEGER NOT NULL, name TEXT NOT NULL, sub INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "mtime_ns INTEGER NOT NULL, hash BLOB, PRIMARY KEY (dir, name, sub)) WITHOUT ROWID",
+    "CREATE INDEX inflight_sub ON inflight (sub)",
+    "CREATE TABLE delivered (dir INTEGER NOT NULL, name TEXT NOT NULL, dest INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "mtime_ns INTEGER NOT NULL, hash BLOB, PRIMARY KEY (dir, name, dest)) WITHOUT ROWID",
+    "CREATE TABLE gone (path TEXT NOT NULL, dest INTEGER NOT NULL, sub INTEGER, PRIMARY KEY (path, dest)) WITHOUT ROWID",
+    "CREATE INDEX gone_sub ON gone (sub)",
+]
+
+
+# -- small helpers ----------------------------------------------------------------------------
+def index_path(index_dir, job):
+    """The index file of a job: one per job, named after it (unsafe characters replaced)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job)
+    if safe != job:
+        safe += "-" + hashlib.sha256(job.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return os.path.join(index_dir, "dir_trie_sync-%s.sqlite" % safe)
+
+
+def default_index_dir(state_db):
+    """Beside a SQLite state database; in the default state directory for PostgreSQL."""
+    if state_db and not state_db.startswith(("postgresql://", "postgres://")) and state_db != ":memory:":
+        path = state_db[len("sqlite://"):][1:] if state_db.startswith("sqlite://") else state_db
+        return os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    return os.path.expanduser("~/.local/state/scidata-replication")
+
+
+def index_files(path):
+    """The index and the SQLite side files that may sit beside it."""
+    return [path] + [path + suffix for suffix in ("-journal", "-wal", "-shm")]
+
+
+def printable(text):
+    """A path as JSON can carry it: undecodable bytes shown as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def label_name(path):
+    """A base name fit for a task label: printable, at most 48 characters."""
+    name = posixpath.basename(path.rstrip("/")) or "/"
+    name = "".join(c if c.isprintable() else "?" for c in name)
+    return name if len(name) <= 48 else name[:45] + "..."
+
+
+def is_utf8(name):
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_as_of(value, now=None):
+    """``as_of`` as integer nanoseconds since the epoch: a number (seconds) or ISO 8601 text.
+
+    Text without a UTC offset is local time, as the source host's clock shows it.
+    """
+    if value is None or isinstance(value, bool):
+        raise ConfigError("as_of must be seconds since the epoch or an ISO 8601 time, got %r" % (value,))
+    if isinstance(value, int):
+        nanoseconds = value * 10 ** 9
+    else:
+        text = str(value).strip()
+        try:
+            nanoseconds = int(decimal.Decimal(text) * 10 ** 9)
+        except (decimal.InvalidOperation, ValueError, OverflowError):
+            try:
+                moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ConfigError("as_of must be seconds since the epoch or an ISO 8601 time such as "
+                                  "2024-05-01T00:00:00+00:00, got %r" % (value,))
+            if moment.tzinfo is None:
+                moment = moment.astimezone()
+            epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+            nanoseconds = (moment - epoch) // datetime.timedelta(microseconds=1) * 1000
+    limit = ((now if now is not None else time.time()) + 60) * 10 ** 9
+    if nanoseconds > limit:
+        raise ConfigError("as_of %r is in the future: marking files that are still being written as "
+                          "transferred would lose them" % (value,))
+    return nanoseconds
+
+
+def _compile_patterns(patterns):
+    """Globs matched against the path relative to src_dir; a glob without ``/`` also matches names."""
+    compiled = []
+    for pattern in patterns or ():
+        pattern = pattern.strip("/")
+        compiled.append((re.compile(fnmatch.translate(pattern)), "/" not in pattern))
+    return compiled
+
+
+def _matches(compiled, rel, name):
+    for regex, by_name in compiled:
+        if regex.match(rel) or (by_name and regex.match(name)):
+            return True
+    return False
+
+
+def same_version(compare, left, right):
+    """Whether two (size, mtime_ns, hash) versions count as the same file content."""
+    if compare == "mtime":
+        return left[1] == right[1]
+    if compare == "hash" and left[2] is not None and right[2] is not None:
+        return left[2] == right[2]
+    return left[0] == right[0] and left[1] == right[1]
+
+
+def file_digest(dir_fd, name, algorithm):
+    """The digest of a file's contents, read in chunks, without following a symlink."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)  # change detection, not security (FIPS hosts)
+    descriptor = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(descriptor, "rb") as handle:
+        while True:
+            block = handle.read(HASH_CHUNK)
+            if not block:
+                break
+            digest.update(block)
+    return digest.digest()
+
+
+class Sample(object):
+    """A count and the first ``limit`` paths."""
+
+    __slots__ = ("count", "paths", "limit")
+
+    def __init__(self, limit):
+        self.count = 0
+        self.paths = []
+        self.limit = limit
+
+    def add(self, rel, detail=None):
+        self.count += 1
+        if len(self.paths) < self.limit:
+            self.paths.append(printable(rel) if detail is None else "%s (%s)" % (printable(rel), detail))
+
+
+class ScanReport(object):
+    """What one scan found, relative to the index before it."""
+
+    KINDS = ("new", "modified", "deleted", "symlinks", "special", "skipped", "unreadable", "excluded")
+
+    def __init__(self, sample_size):
+        for kind in self.KINDS:
+            setattr(self, kind, Sample(sample_size))
+        self.unchanged = 0
+        self.files = 0
+        self.directories = 0
+        self.index_changed = False
+        self.seconds = 0.0
+
+    def as_dict(self):
+        counts = dict((kind, getattr(self, kind).count) for kind in self.KINDS)
+        counts.update(unchanged=self.unchanged, files=self.files, directories=self.directories)
+        samples = dict((kind, getattr(self, kind).paths) for kind in self.KINDS)
+        return counts, samples
+
+
+class Packed(object):
+    """One directory's files as stored in its row: parallel sequences in name order."""
+
+    __slots__ = ("names", "sizes", "mtimes", "sts", "hashes", "digest_size", "names_blob")
+
+    def __init__(self, names, sizes, mtimes, sts, hashes, digest_size, names_blob=None):
+        self.names_blob = names_blob
+        self.names = names
+        self.sizes = sizes
+        self.mtimes = mtimes
+        self.sts = sts
+        self.hashes = hashes
+        self.digest_size = digest_size
+
+    @classmethod
+    def empty(cls, digest_size):
+        return cls([], array.array("q"), array.array("q"), bytearray(), None, digest_size)
+
+    @classmethod
+    def from_row(cls, row, digest_size):
+        sts, sizes, mtimes, names, hashes = row
+        if not sts:
+            return cls.empty(digest_size)
+        size_array = array.array(SIZE32 if len(sizes) == 4 * len(sts) else "q")
+        size_array.frombytes(sizes)
+        mtime_array = array.array("q")
+        mtime_array.frombytes(mtimes)
+        hashes = bytes(hashes) if hashes and digest_size and len(hashes) == len(sts) * digest_size else None
+        return cls(zlib.decompress(names).decode("utf-8").split("\0"), size_array, mtime_array, bytearray(sts), hashes,
+                   digest_size, names)
+
+    def digest(self, position):
+        if self.hashes is None:
+            return None
+        value = self.hashes[position * self.digest_size:(position + 1) * self.digest_size]
+        return value if value.strip(b"\0") else None
+
+    def pending(self):
+        return len(self.sts) - self.sts.count(SYNCED)
+
+
+def pack_entries(entries, digest_size):
+    """Row values (sts, sizes, mtimes, names, hashes, pending) for (name, size, mtime_ns, st, digest) tuples."""
+    if not entries:
+        return None, None, None, None, None, 0
+    entries.sort(key=lambda entry: entry[0])
+    sts = bytes(entry[3] for entry in entries)
+    hashes = None
+    if digest_size:
+        zero = b"\0" * digest_size
+        hashes = b"".join(entry[4] or zero for entry in entries)
+    sizes = [entry[1] for entry in entries]
+    return (sts, array.array(SIZE32 if max(sizes) < 1 << 32 and min(sizes) >= 0 else "q", sizes).tobytes(),
+            array.array("q", [entry[2] for entry in entries]).tobytes(),
+            zlib.compress("\0".join(entry[0] for entry in entries).encode("utf-8"), NAMES_ZLIB_LEVEL), hashes,
+            len(sts) - sts.count(SYNCED))
+
+
+# -- the index file ----------------------------------------------------------------------------
+class PathIndex(object):
+    """One job's index: a SQLite file with explicit transactions (autocommit outside them)."""
+
+    def __init__(self, path, compare="mtime_size", hash_algorithm="sha256"):
+        self.path = path
+        self.compare = compare
+        self.hash_algorithm = hash_algorithm
+        self.digest_size = DIGEST_SIZES[hash_algorithm] if compare == "hash" else 0
+        self.conn = None
+        self._in_transaction = False
+        self._dir_paths = {}
+        self._pending_writes = 0
+        self._scan_state = None
+
+    # -- connection -------------------------------------------------------------------------
+    def open(self):
+        exists = os.path.exists(self.path)
+        try:
+            parent = os.path.dirname(self.path)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, mode=0o700)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            if not exists:
+                self.conn.execute("PRAGMA page_size = %d" % PAGE_SIZE)
+                self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode = DELETE")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA cache_size = -%d" % CACHE_KIB)
+            self.conn.execute("PRAGMA temp_store = FILE")
+            if not self._has_schema():
+                self._create()
+            version = self.meta("format")
+            if version != INDEX_FORMAT:
+                raise StateError("the index %s has format %r; this collection reads format %d (state=reset "
+                                 "starts a new one)" % (self.path, version, INDEX_FORMAT))
+        except sqlite3.Error as exc:
+            self.close()
+            raise StateError("cannot open the index %s: %s" % (self.path, exc))
+        except StateError:
+            self.close()
+            raise
+        return self
+
+    def _has_schema(self):
+        return bool(self.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0])
+
+    def _create(self):
+        with self.transaction():
+            for statement in SCHEMA:
+                self.conn.execute(statement)
+            self.conn.execute("INSERT INTO dirs (id, parent, name) VALUES (?, 0, '')", (ROOT_ID,))
+            self.set_meta("format", INDEX_FORMAT)
+            self.set_meta("created_at", time.time())
+
+    def close(self):
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if self._in_transaction:
+                    self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+            self._in_transaction = False
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Statements inside commit together; a nested use joins the outer transaction."""
+        if self._in_transaction:
+            yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield self
+        except BaseException:
+            self._in_transaction = False
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self._in_transaction = False
+        self.commit_now()
+
+    def commit_now(self):
+        self.conn.execute("COMMIT")
+
+    def _checkpoint(self):
+        """Inside a long scan: commit what is done so far and go on in a new transaction."""
+        if self._in_transaction and self._pending_writes >= COMMIT_EVERY:
+            self.commit_now()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._pending_writes = 0
+
+    def compact(self):
+        """Give free pages back when more than a quarter of the file is free (after a big sync)."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if pages > 4 and free * 4 > pages:
+            self.conn.execute("PRAGMA incremental_vacuum")
+            return True
+        return False
+
+    # -- meta -------------------------------------------------------------------------------
+    def meta(self, key, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key, value):
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                          "value = excluded.value", (key, value))
+
+    def bind(self, job, src_dir):
+        """Tie a new index to its job and source; refuse an index that belongs to another source."""
+        with self.transaction():
+            known = self.meta("src_dir")
+            if known is None:
+                self.set_meta("job", job)
+                self.set_meta("src_dir", src_dir)
+            elif known != src_dir:
+                raise ConfigError("the index %s belongs to src_dir %s, not %s: use another job name, or "
+                                  "state=reset to start this job over" % (self.path, known, src_dir))
+            algorithm = self.meta("hash_algorithm")
+            if self.compare == "hash" and algorithm != self.hash_algorithm:
+                if algorithm is not None:
+                    # Digests of another algorithm cannot be compared: forget them (size+mtime decide).
+                    for table in ("sent", "inflight", "delivered"):
+                        self.conn.execute("UPDATE %s SET hash = NULL WHERE hash IS NOT NULL" % table)
+                self.conn.execute("UPDATE dirs SET hashes = NULL WHERE hashes IS NOT NULL")
+                self.set_meta("hash_algorithm", self.hash_algorithm)
+
+    def set_destinations(self, destinations):
+        """Record the destinations; returns (ids in order, True when one was added to a known set).
+
+        A destination added later has none of the files the others hold, so every file and empty
+        directory is offered again (Globus skips what a destination already has, per sync_level).
+        """
+        wanted = [(d["collection"], d["path"]) for d in destinations]
+        if len(set(wanted)) != len(wanted):
+            raise ConfigError("destinations must differ (collection and path)")
+        with self.transaction():
+            active = dict(((r[1], r[2]), r[0]) for r in self.conn.execute(
+                "SELECT id, collection, path FROM dests WHERE active = 1"))
+            added = [key for key in wanted if key not in active]
+            for key, dest_id in active.items():
+                if key not in wanted:
+                    self.conn.execute("UPDATE dests SET active = 0 WHERE id = ?", (dest_id,))
+                    self.conn.execute("DELETE FROM delivered WHERE dest = ?", (dest_id,))
+            ids = []
+            for key in wanted:
+                if key in active:
+                    ids.append(active[key])
+                else:
+                    ids.append(self.conn.execute("INSERT INTO dests (collection, path) VALUES (?, ?)", key).lastrowid)
+            reset = bool(added and active)
+            if reset:
+                self.conn.execute("UPDATE dirs SET sts = zeroblob(length(sts)), pending = length(sts) "
+                                  "WHERE sts IS NOT NULL")
+                self.conn.execute("UPDATE dirs SET sent = 0 WHERE sent != 0")
+                self.conn.execute("DELETE FROM sent")
+                self.conn.execute("DELETE FROM delivered")
+        return ids, reset
+
+    # -- rows and paths -----------------------------------------------------------------------
+    def load(self, dir_id):
+        row = self.conn.execute("SELECT sts, sizes, mtimes, names, hashes FROM dirs WHERE id = ?",
+                                (dir_id,)).fetchone()
+        if row is None or not row[0]:
+            return Packed.empty(self.digest_size)
+        return Packed.from_row(row, self.digest_size)
+
+    def store(self, dir_id, entries):
+        values = pack_entries(entries, self.digest_size)
+        self.conn.execute("UPDATE dirs SET sts = ?, sizes = ?, mtimes = ?, names = ?, hashes = ?, pending = ? "
+                          "WHERE id = ?", values + (dir_id,))
+
+    def store_states(self, dir_id, packed):
+        self.conn.execute("UPDATE dirs SET sts = ?, pending = ? WHERE id = ?",
+                          (bytes(packed.sts), packed.pending(), dir_id))
+
+    def sent_version(self, dir_id, name):
+        row = self.conn.execute("SELECT size, mtime_ns, hash FROM sent WHERE dir = ? AND name = ?",
+                                (dir_id, name)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def dir_path(self, dir_id):
+        """The directory's path relative to src_dir ('' for src_dir itself), cached."""
+        path = self._dir_paths.get(dir_id)
+        if path is not None:
+            return path
+        chain, current = [], dir_id
+        while current != ROOT_ID:
+            cached = self._dir_paths.get(current)
+            if cached is not None:
+                chain.append(cached)
+                break
+            row = self.conn.execute("SELECT parent, name FROM dirs WHERE id = ?", (current,)).fetchone()
+            if row is None:
+                return None
+            chain.append(row[1])
+            current = row[0]
+        path = "/".join(reversed(chain))
+        if len(self._dir_paths) > 100000:
+            self._dir_paths.clear()
+        self._dir_paths[dir_id] = path
+        return path
+
+    def file_path(self, dir_id, name):
+        parent = self.dir_path(dir_id)
+        if parent is None:
+            return None
+        return parent + "/" + name if parent else name
+
+    def lookup(self, rel):
+        """(dir id, file name or None) for a path relative to src_dir, or None when not indexed."""
+        current = ROOT_ID
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        for position, part in enumerate(parts):
+            row = self.conn.execute("SELECT id FROM dirs WHERE parent = ? AND name = ?", (current, part)).fetchone()
+            if row is None:
+                if position == len(parts) - 1 and part in self.load(current).names:
+                    return current, part
+                return None
+            current = row[0]
+        return current, None
+
+    def subtree(self, dir_id):
+        return [row[0] for row in self.conn.execute(
+            "WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL SELECT d.id FROM dirs AS d JOIN sub ON d.parent = sub.id) "
+            "SELECT id FROM sub", (dir_id,))]
+
+    # -- counts -----------------------------------------------------------------------------
+    def counts(self):
+        pending = self.conn.execute(
+            "SELECT COALESCE(SUM(pending), 0) FROM dirs INDEXED BY dirs_pending WHERE pending > 0").fetchone()[0]
+        in_flight = self.conn.execute("SELECT count(*) FROM (SELECT DISTINCT dir, name FROM inflight)").fetchone()[0]
+        open_subs = self.conn.execute("SELECT count(*) FROM subs").fetchone()[0]
+        empty_dirs = self.conn.execute(
+            "SELECT count(*) FROM dirs INDEXED BY dirs_unsent_leaves WHERE leaf = 1 AND sent = 0").fetchone()[0]
+        deletes = self.conn.execute("SELECT count(*) FROM gone").fetchone()[0]
+        return dict(pending=pending, in_flight=in_flight, open_tasks=open_subs, empty_dirs_pending=empty_dirs,
+                    deletes_pending=deletes)
+
+    def total_files(self):
+        return self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs").fetchone()[0]
+
+    # -- scan -------------------------------------------------------------------------------
+    def scan(self, root, include=(), exclude=(), sample_size=20, gone_dests=None, skip_rel=()):
+        """Walk ``root`` and bring the index up to date; returns a ``ScanReport``.
+
+        ``gone_dests``: destination ids that must get a delete for every sent file that vanished
+        (delete_destination); ``skip_rel``: relative paths never indexed (the index itself).
+        """
+        report = ScanReport(sample_size)
+        started = time.monotonic()
+        self._scan_state = dict(
+            report=report, include=_compile_patterns(include), exclude=_compile_patterns(exclude),
+            gone_dests=list(gone_dests or ()), skip=set(skip_rel),
+            has_side=any(self.conn.execute("SELECT 1 FROM %s LIMIT 1" % t).fetchone() for t in ("sent", "delivered")),
+            has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
+        )
+        root_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        stack = []
+        try:
+            with self.transaction():
+                self._pending_writes = 0
+                root_row = self.conn.execute("SELECT leaf, sent FROM dirs WHERE id = ?", (ROOT_ID,)).fetchone()
+                children = self._scan_dir(ROOT_ID, root_fd, "", root_row[0])
+                if children is None:
+                    raise ReplicationError("cannot read src_dir %s" % root)
+                stack.append((root_fd, "", iter(children)))
+                while stack:
+                    parent_fd, parent_rel, pending = stack[-1]
+                    child = next(pending, None)
+                    if child is None:
+                        stack.pop()
+                        if parent_fd != root_fd:
+                            os.close(parent_fd)
+                        continue
+                    child_id, name, leaf = child
+                    rel = parent_rel + "/" + name if parent_rel else name
+                    try:
+                        child_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                    except OSError as exc:
+                        if not isinstance(exc, FileNotFoundError):
+                            report.unreadable.add(rel + "/", exc.strerror)
+                        continue
+                    grandchildren = self._scan_dir(child_id, child_fd, rel, leaf)
+                    if grandchildren is None:
+                        os.close(child_fd)
+                        continue
+                    stack.append((child_fd, rel, iter(grandchildren)))
+                    self._checkpoint()
+        finally:
+            for parent_fd, _rel, _pending in stack:
+                if parent_fd != root_fd:
+                    with contextlib.suppress(OSError):
+                        os.close(parent_fd)
+            os.close(root_fd)
+            self._scan_state = None
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _scan_dir(self, dir_id, dir_fd, rel, leaf):
+        """Diff one directory against the index; returns its subdirectories to visit, or None
+        when it cannot be read (its index entries are then kept as they were)."""
+        state = self._scan_state
+        report = state["report"]
+        report.directories += 1
+        conn = self.conn
+        packed = self.load(dir_id)
+        known = dict(zip(packed.names, range(len(packed.names))))
+        known_dirs = dict((row[0], row[1:]) for row in conn.execute(
+            "SELECT name, id, leaf FROM dirs WHERE parent = ?", (dir_id,)))
+        sizes, mtimes = packed.sizes, packed.mtimes
+        include, exclude, skip = state["include"], state["exclude"], state["skip"]
+        filtered = bool(include or exclude or skip)
+        added, changed, subdirs, dropped, dropped_dirs = [], [], [], [], []
+        files = 0
+        known_pop = known.pop
+        try:
+            with os.scandir(dir_fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_file(follow_symlinks=False):
+                        if not name.isascii() and not is_utf8(name):
+                            report.skipped.add(rel + "/" + name if rel else name)
+                            continue
+                        if filtered:
+                            path = rel + "/" + name if rel else name
+                            if path in skip or _matches(exclude, path, name) or (
+                                    include and not _matches(include, path, name)):
+                                position = known_pop(name, None)
+                                if position is not None:
+                                    dropped.append(position)
+                                report.excluded.add(path)
+                                continue
+                        try:
+                            info = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            known_pop(name, None)  # keep its entry: we do not know what it is now
+                            report.unreadable.add(rel + "/" + name if rel else name, exc.strerror)
+                            continue
+                        files += 1
+                        position = known_pop(name, None)
+                        if position is None:
+                            added.append((name, info.st_size, info.st_mtime_ns))
+                        elif mtimes[position] != info.st_mtime_ns or sizes[position] != info.st_size:
+                            changed.append((position, info.st_size, info.st_mtime_ns))
+                    elif entry.is_dir(follow_symlinks=False):
+                        path = rel + "/" + name if rel else name
+                        if not name.isascii() and not is_utf8(name):
+                            report.skipped.add(path + "/")
+                            continue
+                        if filtered and (path in skip or _matches(exclude, path, name)):
+                            if name in known_dirs:
+                                dropped_dirs.append(name)
+                            report.excluded.add(path + "/")
+                            continue
+                        subdirs.append(name)
+                    elif entry.is_symlink():
+                        report.symlinks.add(rel + "/" + name if rel else name)
+                    else:
+                        report.special.add(rel + "/" + name if rel else name)
+        except OSError as exc:
+            report.unreadable.add((rel or ".") + "/", exc.strerror)
+            return None
+        report.files += files
+        writes = 0
+        if added or changed or known or dropped:
+            writes += self._apply(dir_id, dir_fd, rel, packed, added, changed, known, dropped, state)
+        report.unchanged += files - len(added) - len(changed)
+        for name in dropped_dirs:
+            writes += self._delete_subtree(known_dirs.pop(name)[0], None, state, record=False)
+        # Subdirectories: new ones get an id now, vanished ones are pruned with their subtree.
+        children = []
+        for name in subdirs:
+            row = known_dirs.pop(name, None)
+            if row is None:
+                cursor = conn.execute("INSERT INTO dirs (parent, name) VALUES (?, ?)", (dir_id, name))
+                children.append((cursor.lastrowid, name, 0))
+                writes += 1
+            else:
+                children.append((row[0], name, row[1]))
+        for name, row in known_dirs.items():
+            writes += self._delete_subtree(row[0], rel + "/" + name if rel else name, state, record=True)
+        is_leaf = 0 if (subdirs or files) else 1
+        if is_leaf != leaf:
+            conn.execute("UPDATE dirs SET leaf = ? WHERE id = ?", (is_leaf, dir_id))
+            writes += 1
+        if writes:
+            report.index_changed = True
+            self._pending_writes += writes
+        children.sort(key=lambda child: child[1])
+        return children
+
+    def _hash(self, dir_fd, name, rel, report):
+        """The digest with compare=hash (None otherwise); False when the file cannot be read."""
+        if not self.digest_size:
+            return None
+        try:
+            return file_digest(dir_fd, name, self.hash_algorithm)
+        except OSError as exc:
+            report.unreadable.add(rel + "/" + name if rel else name, exc.strerror)
+            return False
+
+    def _apply(self, dir_id, dir_fd, rel, packed, added, changed, vanished, dropped, state):
+        """Write one directory's diff: changed files get their new state, new ones are added,
+        vanished ones pruned (queued for deletion on the destinations when asked)."""
+        report = state["report"]
+        conn = self.conn
+        compare = self.compare
+        names, sts = packed.names, packed.sts
+        updates = {}
+        for position, size, mtime_ns in changed:
+            name = names[position]
+            digest = self._hash(dir_fd, name, rel, report)
+            if digest is False:
+                continue
+            current = (size, mtime_ns, digest)
+            previous = (packed.sizes[position], packed.mtimes[position], packed.digest(position))
+            base, retry = sts[position] & 3, sts[position] & RETRY
+            if base == SYNCED:
+                sent = previous
+            elif base == CHANGED:
+                sent = self.sent_version(dir_id, name)
+            else:
+                sent = None
+            if sent is not None and same_version(compare, current, sent):
+                st = SYNCED
+                if base == CHANGED:
+                    conn.execute("DELETE FROM sent WHERE dir = ? AND name = ?", (dir_id, name))
+            elif sent is None:
+                st = NEW | retry
+            else:
+                st = CHANGED | retry
+                if base == SYNCED:
+                    conn.execute("INSERT INTO sent (dir, name, size, mtime_ns, hash) VALUES (?, ?, ?, ?, ?) "
+                                 "ON CONFLICT (dir, name) DO UPDATE SET size = excluded.size, "
+                                 "mtime_ns = excluded.mtime_ns, hash = excluded.hash", (dir_id, name) + sent)
+                    state["has_side"] = True
+            if st != SYNCED and not same_version(compare, current, previous):
+                report.modified.add(rel + "/" + name if rel else name)
+            updates[position] = (size, mtime_ns, st, digest)
+        removed = set(vanished.values())
+        removed.update(dropped)
+        if not added and not removed and not self.digest_size and updates and max(
+                update[0] for update in updates.values()) < 1 << (8 * packed.sizes.itemsize - 1):
+            # Only existing files changed: patch the arrays, keep the compressed names as they are.
+            for position, (size, mtime_ns, st, _digest) in updates.items():
+                packed.sizes[position] = size
+                packed.mtimes[position] = mtime_ns
+                sts[position] = st
+            conn.execute("UPDATE dirs SET sts = ?, sizes = ?, mtimes = ?, pending = ? WHERE id = ?",
+                         (bytes(sts), packed.sizes.tobytes(), packed.mtimes.tobytes(), packed.pending(), dir_id))
+            return len(updates)
+        entries = [(name,) + updates[i] if i in updates else
+                   (name, packed.sizes[i], packed.mtimes[i], sts[i], packed.digest(i))
+                   for i, name in enumerate(names) if i not in removed]
+        new_paths = []
+        for name, size, mtime_ns in added:
+            digest = self._hash(dir_fd, name, rel, report)
+            if digest is False:
+                continue
+            entries.append((name, size, mtime_ns, NEW, digest))
+            new_paths.append(rel + "/" + name if rel else name)
+            report.new.add(new_paths[-1])
+        self.store(dir_id, entries)
+        if new_paths and state["has_gone"]:
+            # A path that comes back before its delete was submitted must not be deleted.
+            conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in new_paths])
+        if removed:
+            gone = []
+            for name, position in vanished.items():
+                path = rel + "/" + name if rel else name
+                report.deleted.add(path)
+                if sts[position] & 3 != NEW:
+                    gone.extend((path, dest) for dest in state["gone_dests"])
+            if gone:
+                conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING", gone)
+            if state["has_side"]:
+                keys = [(dir_id, names[position]) for position in removed]
+                conn.executemany("DELETE FROM sent WHERE dir = ? AND name = ?", keys)
+                conn.executemany("DELETE FROM delivered WHERE dir = ? AND name = ?", keys)
+        return len(updates) + len(added) + len(removed)
+
+    def _delete_subtree(self, dir_id, rel, state, record):
+        """Prune a directory that vanished (or is now excluded) with everything below it."""
+        report = state["report"]
+        ids = self.subtree(dir_id)
+        count = 0
+        sent_any = False
+        for start in range(0, len(ids), QUERY_CHUNK):
+            chunk = ids[start:start + QUERY_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            if record:
+                for sub_id, sts in self.conn.execute("SELECT id, sts FROM dirs WHERE id IN (%s)" % marks, chunk):
+                    if not sts:
+                        continue
+                    sent_any = sent_any or bytes(sts).count(NEW) != len(sts)
+                    report.deleted.count += len(sts)
+                    if len(report.deleted.paths) < report.deleted.limit:
+                        for name in self.load(sub_id).names:
+                            report.deleted.paths.append(printable(self.file_path(sub_id, name)))
+                            if len(report.deleted.paths) >= report.deleted.limit:
+                                break
+            count += self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs WHERE id IN (%s)" % marks,
+                                       chunk).fetchone()[0]
+            if state["has_side"]:
+                self.conn.execute("DELETE FROM sent WHERE dir IN (%s)" % marks, chunk)
+                self.conn.execute("DELETE FROM delivered WHERE dir IN (%s)" % marks, chunk)
+            self.conn.execute("DELETE FROM dirs WHERE id IN (%s)" % marks, chunk)
+        if record and state["gone_dests"] and sent_any:
+            self.conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING",
+                                  [(rel + "/", dest) for dest in state["gone_dests"]])
+        for removed_id in ids:
+            self._dir_paths.pop(removed_id, None)
+        return count + len(ids)
+
+    # -- set_time ---------------------------------------------------------------------------
+    def mark(self, as_of_ns, subpath=None, root=None):
+        """S1's set_time: what was modified at or before ``as_of_ns`` counts as transferred, the
+        rest as never sent, for the whole tree or the subtree (or file) at ``subpath``.
+        Returns (files now counted as transferred, files now to send, whether anything changed)."""
+        target = self.lookup(subpath or "")
+        if target is None:
+            raise ConfigError("subpath %s is not in the index of src_dir (does it exist, is it excluded?)" % subpath)
+        dir_id, only = target
+        transferred = later = changed = 0
+        with self.transaction():
+            ids = [dir_id] if only is not None else self.subtree(dir_id)
+            for current in ids:
+                packed = self.load(current)
+                if not packed.names:
+                    continue
+                before = bytes(packed.sts)
+                for position, name in enumerate(packed.names):
+                    if only is not None and name != only:
+                        continue
+                    if packed.mtimes[position] <= as_of_ns:
+                        packed.sts[position] = SYNCED
+                        transferred += 1
+                    else:
+                        packed.sts[position] = NEW
+                        later += 1
+                if bytes(packed.sts) != before:
+                    changed += 1
+                    self.store_states(current, packed)
+            for start in range(0, len(ids), QUERY_CHUNK):
+                chunk = ids[start:start + QUERY_CHUNK]
+                where = "dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND name = ?" if only is not None else "")
+                params = chunk + ([only] if only is not None else [])
+                for table in ("sent", "delivered"):
+                    changed += self.conn.execute("DELETE FROM %s WHERE %s" % (table, where), params).rowcount
+            if only is None:
+                for start in range(0, len(ids), QUERY_CHUNK):
+                    chunk = ids[start:start + QUERY_CHUNK]
+                    for leaf_id, in self.conn.execute("SELECT id FROM dirs WHERE leaf = 1 AND id IN (%s)"
+                                                      % ",".join("?" * len(chunk)), chunk).fetchall():
+                        rel = self.dir_path(leaf_id)
+                        try:
+                            mtime_ns = os.stat(os.path.join(root, rel) if rel else root,
+                                               follow_symlinks=False).st_mtime_ns
+                        except OSError:
+                            continue
+                        flag = 1 if mtime_ns <= as_of_ns else 0
+                        changed += self.conn.execute("UPDATE dirs SET sent = ? WHERE id = ? AND sent != ?",
+                                                     (flag, leaf_id, flag)).rowcount
+            self.set_meta("marked_as_of", as_of_ns / 1e9)
+            self.set_meta("marked_subpath", subpath or "")
+            self.set_meta("marked_at", time.time())
+        return transferred, later, bool(changed)
+
+    # -- submissions ------------------------------------------------------------------------
+    def candidates(self, dest_id, limit):
+        """Files the destination still needs, not carried by an open task to it: up to ``limit``.
+        Each is a dict with dir, name, path, size, mtime_ns, hash, st and sent (a version or None)."""
+        result = []
+        for dir_id, in self.conn.execute(
+                "SELECT id FROM dirs INDEXED BY dirs_pending WHERE pending > 0 ORDER BY id").fetchall():
+            rel = self.dir_path(dir_id)
+            if rel is None:
+                continue
+            packed = self.load(dir_id)
+            busy = set(row[0] for row in self.conn.execute(
+                "SELECT i.name FROM inflight AS i JOIN subs AS s ON s.id = i.sub WHERE i.dir = ? AND s.dest = ?",
+                (dir_id, dest_id)))
+            held = dict((row[0], (row[1], row[2])) for row in self.conn.execute(
+                "SELECT name, size, mtime_ns FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
+            for position, name in enumerate(packed.names):
+                st = packed.sts[position]
+                if st == SYNCED or name in busy:
+                    continue
+                size, mtime_ns = packed.sizes[position], packed.mtimes[position]
+                if held.get(name) == (size, mtime_ns):
+                    continue
+                result.append(dict(dir=dir_id, name=name, path=rel + "/" + name if rel else name, size=size,
+                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st,
+                                   sent=self.sent_version(dir_id, name) if st & 3 == CHANGED else None))
+                if len(result) >= limit:
+                    return result
+        return result
+
+    def record_submission(self, submission_id, dest_id, kind, files=(), gone=()):
+        """Tie the file versions (or gone paths) a task carries to its submission, committed."""
+        with self.transaction():
+            cursor = self.conn.execute("INSERT INTO subs (submission_id, dest, kind, created_at) VALUES (?, ?, ?, ?)",
+                                       (submission_id, dest_id, kind, time.time()))
+            sub = cursor.lastrowid
+            self.conn.executemany("INSERT INTO inflight (dir, name, sub, size, mtime_ns, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(f["dir"], f["name"], sub, f["size"], f["mtime_ns"], f["hash"]) for f in files])
+            self.conn.executemany("UPDATE gone SET sub = ? WHERE path = ? AND dest = ?",
+                                  [(sub, path, dest_id) for path in gone])
+        return sub
+
+    def open_submissions(self):
+        return [dict(id=r[0], submission_id=r[1], dest=r[2], kind=r[3]) for r in self.conn.execute(
+            "SELECT id, submission_id, dest, kind FROM subs ORDER BY id")]
+
+    def open_tasks_per_dest(self):
+        return dict(self.conn.execute("SELECT dest, count(*) FROM subs GROUP BY dest").fetchall())
+
+    def settle(self, sub, status, dest_ids, skipped_paths=()):
+        """Apply a finished task: SUCCEEDED marks exactly the versions it carried as transferred
+        to its destination (and everywhere once every destination has them), FAILED leaves them
+        pending with RETRY set. ``skipped_paths`` (source errors skipped by Globus) stay pending.
+        Returns the number of files confirmed, or to retry."""
+        conn = self.conn
+        count = 0
+        with self.transaction():
+            if sub["kind"] == "delete":
+                if status == "SUCCEEDED":
+                    count = conn.execute("DELETE FROM gone WHERE sub = ?", (sub["id"],)).rowcount
+                elif status == "FAILED":
+                    count = conn.execute("UPDATE gone SET sub = NULL WHERE sub = ?", (sub["id"],)).rowcount
+            elif status in ("SUCCEEDED", "FAILED"):
+                others = [d for d in dest_ids if d != sub["dest"]]
+                active = sub["dest"] in dest_ids
+                rows = conn.execute("SELECT dir, name, size, mtime_ns, hash FROM inflight WHERE sub = ? ORDER BY dir",
+                                    (sub["id"],)).fetchall()
+                start = 0
+                while start < len(rows):
+                    dir_id = rows[start][0]
+                    end = start
+                    while end < len(rows) and rows[end][0] == dir_id:
+                        end += 1
+                    packed = self.load(dir_id)
+                    positions = dict(zip(packed.names, range(len(packed.names))))
+                    touched = False
+                    for _dir, name, size, mtime_ns, digest in rows[start:end]:
+                        position = positions.get(name)
+                        if position is None or packed.sts[position] == SYNCED:
+                            continue
+                        if status == "FAILED":
+                            packed.sts[position] |= RETRY
+                            touched = True
+                            count += 1
+                        elif active and not (skipped_paths and self.file_path(dir_id, name) in skipped_paths):
+                            if self._deliver(packed, position, dir_id, name, sub["dest"], (size, mtime_ns, digest),
+                                             others):
+                                touched = True
+                                count += 1
+                    if touched:
+                        self.store_states(dir_id, packed)
+                    start = end
+            conn.execute("DELETE FROM inflight WHERE sub = ?", (sub["id"],))
+            conn.execute("DELETE FROM subs WHERE id = ?", (sub["id"],))
+        return count
+
+    def _deliver(self, packed, position, dir_id, name, dest_id, version, others):
+        conn = self.conn
+        if others:
+            held = conn.execute("SELECT count(*) FROM delivered WHERE dir = ? AND name = ? AND size = ? AND mtime_ns = ? "
+                                "AND dest IN (%s)" % ",".join("?" * len(others)),
+                                (dir_id, name, version[0], version[1]) + tuple(others)).fetchone()[0]
+            if held < len(others):
+                conn.execute("INSERT INTO delivered (dir, name, dest, size, mtime_ns, hash) VALUES (?, ?, ?, ?, ?, ?) "
+                             "ON CONFLICT (dir, name, dest) DO UPDATE SET size = excluded.size, "
+                             "mtime_ns = excluded.mtime_ns, hash = excluded.hash",
+                             (dir_id, name, dest_id) + tuple(version))
+                return False
+            conn.execute("DELETE FROM delivered WHERE dir = ? AND name = ?", (dir_id, name))
+        current = (packed.sizes[position], packed.mtimes[position], packed.digest(position))
+        if same_version(self.compare, current, version):
+            packed.sts[position] = SYNCED
+            conn.execute("DELETE FROM sent WHERE dir = ? AND name = ?", (dir_id, name))
+        else:
+            packed.sts[position] = CHANGED
+            conn.execute("INSERT INTO sent (dir, name, size, mtime_ns, hash) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                         "hash = excluded.hash", (dir_id, name) + tuple(version))
+        return True
+
+    def drop_submission(self, sub):
+        """A submission the state database never recorded was never POSTed: forget it."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM inflight WHERE sub = ?", (sub["id"],))
+            self.conn.execute("UPDATE gone SET sub = NULL WHERE sub = ?", (sub["id"],))
+            self.conn.execute("DELETE FROM subs WHERE id = ?", (sub["id"],))
+
+    # -- empty directories and deletes ------------------------------------------------------
+    def unsent_empty_dirs(self):
+        return [(row[0], self.dir_path(row[0])) for row in self.conn.execute(
+            "SELECT id FROM dirs INDEXED BY dirs_unsent_leaves WHERE leaf = 1 AND sent = 0 ORDER BY id").fetchall()]
+
+    def mark_dir_sent(self, dir_id):
+        with self.transaction():
+            self.conn.execute("UPDATE dirs SET sent = 1 WHERE id = ?", (dir_id,))
+
+    def gone_paths(self, dest_id, limit):
+        return [row[0] for row in self.conn.execute(
+            "SELECT path FROM gone WHERE dest = ? AND sub IS NULL ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+
+
+# -- check mode: the same statements on a throwaway copy -----------------------------------------
+@contextlib.contextmanager
+def opened_index(path, compare, hash_algorithm, check_mode):
+    """The job's index; in check mode a temporary copy of it (or a new empty one), so a planning
+    run executes exactly what a real run would and the index file is never created or touched."""
+    if not check_mode:
+        index = PathIndex(path, compare, hash_algorithm).open()
+        try:
+            yield index
+        finally:
+            index.close()
+        return
+    workdir = tempfile.mkdtemp(prefix="dir_trie_sync-check-")
+    try:
+        copy = os.path.join(workdir, os.path.basename(path))
+        for source in index_files(path):
+            if os.path.exists(source):
+                shutil.copyfile(source, copy + source[len(path):])
+        index = PathIndex(copy, compare, hash_algorithm).open()
+        try:
+            yield index
+        finally:
+            index.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def remove_index(path):
+    """state=reset: delete the index file and its side files; returns whether one existed."""
+    existed = False
+    for name in index_files(path):
+        if os.path.exists(name):
+            existed = True
+            os.unlink(name)
+    return existed
+
+
+# -- preflight ---------------------------------------------------------------------------------
+def local_preflight(src_dir, index_file):
+    """S1's test_config, local part: a readable src_dir and a writable place for the index."""
+    reasons = []
+    if not os.path.isdir(src_dir):
+        reasons.append("src_dir %s is not a directory" % src_dir)
+    elif not os.access(src_dir, os.R_OK | os.X_OK):
+        reasons.append("src_dir %s is not readable" % src_dir)
+    if os.path.exists(index_file):
+        if not os.access(index_file, os.R_OK | os.W_OK):
+            reasons.append("the index %s is not writable" % index_file)
+    else:
+        parent = os.path.dirname(index_file)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not parent or not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            reasons.append("the index cannot be created in %s" % os.path.dirname(index_file))
+    if reasons:
+        raise ConfigError("preflight failed, nothing was changed: " + "; ".join(reasons), preflight=reasons)
+
+
+def globus_preflight(client, source_collection, source_path, destinations):
+    """Both ends ready (globus_collection_info's logic): the source path listable, every
+    destination collection usable. Raises GlobusError listing the reasons."""
+    report = [collection_readiness(client, source_collection, [source_path])]
+    seen = set([source_collection])
+    for destination in destinations:
+        if destination["collection"] not in seen:
+            seen.add(destination["collection"])
+            report.append(collection_readiness(client, destination["collection"], []))
+    reasons = [reason for entry in report for reason in entry["reasons"]]
+    if reasons:
+        raise GlobusError("preflight failed, nothing was changed: " + "; ".join(reasons), preflight=report)
+    return report
+
+
+# -- one run ---------------------------------------------------------------------------------------
+class DirTrieSync(object):
+    """One run of a job: settle, scan + diff, empty directories, submit, deletes, report.
+
+    ``config`` holds the module's options (job, src_dir, source_collection, source_path,
+    destinations, include, exclude, items_per_task, max_submissions_per_run, max_active_tasks,
+    label, sample_size, delete_destination and the TransferData ``options``).
+    """
+
+    def __init__(self, index, config, db, client, check_mode=False, warn=None):
+        self.index = index
+        self.config = config
+        self.db = db
+        self.client = client
+        self.check_mode = check_mode
+        self.warn = warn or (lambda message: None)
+        self.job = config["job"]
+        self.dest_ids = []
+        self.destinations = {}
+        self._fake = 0
+
+    def run(self):
+        config, index = self.config, self.index
+        now = time.time()
+        index.bind(self.job, config["src_dir"])
+        self.dest_ids, reset = index.set_destinations(config["destinations"])
+        self.destinations = dict(zip(self.dest_ids, config["destinations"]))
+        if reset:
+            self.warn("a destination was added: every file and empty directory is offered again (Globus skips what "
+                      "a destination already holds, per sync_level)")
+        if self.check_mode:
+            resubmitted = [dict(submission_id=s) for s in unconfirmed_submissions(self.db, self.job)]
+        else:
+            resubmitted = resubmit_unconfirmed(self.db, self.client, self.job)
+        refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
+        settled = self.settle()
+        scan = index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
+                          sample_size=config["sample_size"],
+                          gone_dests=self.dest_ids if config["delete_destination"] else (),
+                          skip_rel=config.get("skip_rel", ()))
+        counts, samples = scan.as_dict()
+        if not self.check_mode:
+            index.compact()  # free pages only: not a change anyone asked for
+        directories = self.make_dirs()
+        tasks, reason = self.submit()
+        deletes = self.submit_deletes() if config["delete_destination"] else []
+        state = index.counts()
+        for kind, warning in (("symlinks", "are symbolic links: not followed, not sent"),
+                              ("skipped", "have names that are not valid UTF-8, which Globus paths cannot express: "
+                                          "skipped"),
+                              ("unreadable", "could not be read: their index entries are kept as they were")):
+            if counts[kind]:
+                self.warn("%d paths %s: %s" % (counts[kind], warning, ", ".join(samples[kind])))
+        changed = bool(scan.index_changed or tasks or deletes or directories["created"]
+                       or (resubmitted and not self.check_mode))
+        result = dict(
+            changed=changed, job=self.job, index=self.index_report(),
+            counts=dict(counts, empty_dirs=directories["pending"]), samples=dict(samples,
+                                                                                 empty_dirs=directories["sample"]),
+            scan_seconds=round(scan.seconds, 3), settled=settled, resubmitted=resubmitted, tasks=tasks,
+            reason=reason, directories_created=directories["created"], directory_errors=directories["errors"],
+            deletes=deletes, pending=state["pending"], in_flight=state["in_flight"], open_tasks=state["open_tasks"],
+            deletes_pending=state["deletes_pending"],
+        )
+        self.record_job(now, scan, result)
+        return result
+
+    def index_report(self):
+        path = self.config["index_path"]
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        return dict(path=path, size_bytes=size, files=self.index.total_files())
+
+    # -- 1. settle ----------------------------------------------------------------------------
+    def settle(self):
+        summary = dict(succeeded=0, failed=0, files_transferred=0, files_to_retry=0, forgotten=0)
+        subs = self.index.open_submissions()
+        rows = {}
+        ids = [s["submission_id"] for s in subs]
+        for start in range(0, len(ids), QUERY_CHUNK):
+            chunk = ids[start:start + QUERY_CHUNK]
+            for row in self.db.query("SELECT submission_id, task_id, status, request FROM globus_tasks WHERE "
+                                     "submission_id IN (%s)" % ", ".join("?" * len(chunk)), chunk):
+                rows[row["submission_id"]] = row
+        for sub in subs:
+            row = rows.get(sub["submission_id"])
+            if row is None:
+                # Killed after the index committed but before the state database did: never POSTed.
+                self.index.drop_submission(sub)
+                summary["forgotten"] += 1
+                continue
+            if row["status"] not in ("SUCCEEDED", "FAILED"):
+                continue
+            skipped = ()
+            if row["status"] == "SUCCEEDED" and sub["kind"] == "transfer" and row["task_id"]:
+                skipped = self.skipped_paths(row)
+            count = self.index.settle(sub, row["status"], self.dest_ids, skipped)
+            if row["status"] == "SUCCEEDED":
+                summary["succeeded"] += 1
+                summary["files_transferred"] += count if sub["kind"] == "transfer" else 0
+            else:
+                summary["failed"] += 1
+                summary["files_to_retry"] += count if sub["kind"] == "transfer" else 0
+        return summary
+
+    def skipped_paths(self, row):
+        """Source files Globus skipped (skip_source_errors): relative paths that stay pending."""
+        request = json.loads(row["request"])
+        if not request.get("skip_source_errors"):
+            return ()
+        prefix = self.config["source_path"]
+        paths = set()
+        for record in task_files(self.client, row["task_id"], "skipped_errors"):
+            source = record.get("source_path") or ""
+            rel = posixpath.relpath(source, prefix) if prefix not in ("", "/") else source.lstrip("/")
+            paths.add(rel)
+        return paths
+
+    # -- 3. empty directories -----------------------------------------------------------------
+    def make_dirs(self):
+        report = dict(created=0, pending=0, sample=[], errors=[])
+        created = dict((dest_id, set()) for dest_id in self.dest_ids)
+        limit = self.config["sample_size"]
+        for dir_id, rel in self.index.unsent_empty_dirs():
+            if rel is None:
+                continue
+            if self.check_mode:
+                report["pending"] += 1
+                if len(report["sample"]) < limit:
+                    report["sample"].append(printable(rel or "."))
+                continue
+            done = True
+            for dest_id in self.dest_ids:
+                error = self._mkdir(dest_id, rel, created[dest_id])
+                if error:
+                    done = False
+                    if len(report["errors"]) < limit:
+                        report["errors"].append(error)
+            if done:
+                self.index.mark_dir_sent(dir_id)
+                report["created"] += 1
+                if len(report["sample"]) < limit:
+                    report["sample"].append(printable(rel or "."))
+            else:
+                report["pending"] += 1
+        return report
+
+    def _mkdir(self, dest_id, rel, created):
+        """operation_mkdir on one destination, creating missing parents first; None when done."""
+        destination = self.destinations[dest_id]
+        path = join_path(destination["path"], rel) if rel else destination["path"]
+        outcome = self._mkdir_one(destination["collection"], path, created)
+        if outcome == "missing-parent":
+            parents = []
+            parent = posixpath.dirname(path.rstrip("/"))
+            while parent and parent != "/" and parent not in created:
+                parents.append(parent)
+                parent = posixpath.dirname(parent)
+            for parent in reversed(parents):
+                outcome = self._mkdir_one(destination["collection"], parent, created)
+                if outcome not in (None, "exists"):
+                    break
+            outcome = self._mkdir_one(destination["collection"], path, created)
+        if outcome in (None, "exists"):
+            return None
+        return "%s on %s: %s" % (printable(path), destination["collection"], outcome)
+
+    def _mkdir_one(self, collection, path, created):
+        if path in created:
+            return "exists"
+        try:
+            with api_errors("create directory %s" % printable(path), collection=collection):
+                self.client.operation_mkdir(collection, path)
+        except GlobusError as exc:
+            code = exc.details.get("code") or ""
+            if "Exists" in code:
+                created.add(path)
+                return "exists"
+            if "NotFound" in code:
+                return "missing-parent"
+            return exc.msg
+        created.add(path)
+        return None
+
+    # -- 4. submit ----------------------------------------------------------------------------
+    def submit(self):
+        config = self.config
+        open_tasks, paused = route_task_state(self.db, self.job)
+        if paused:
+            return [], "a task of this job is paused: nothing new is submitted until it resumes"
+        per_dest = self.index.open_tasks_per_dest()
+        slots = dict((d, max(config["max_active_tasks"] - per_dest.get(d, 0), 0)) for d in self.dest_ids)
+        budget = config["max_submissions_per_run"]
+        tasks = []
+        active = list(self.dest_ids)
+        while budget > 0 and active:
+            for dest_id in list(active):
+                if budget <= 0:
+                    break
+                if slots[dest_id] <= 0:
+                    active.remove(dest_id)
+                    continue
+                files = self.index.candidates(dest_id, config["items_per_task"])
+                if not files:
+                    active.remove(dest_id)
+                    continue
+                normal = [f for f in files if not self.needs_checksum(f)]
+                careful = [f for f in files if self.needs_checksum(f)]
+                for group, retry in ((normal, False), (careful, True)):
+                    if group and budget > 0 and slots[dest_id] > 0:
+                        tasks.append(self.submit_batch(dest_id, group, retry))
+                        budget -= 1
+                        slots[dest_id] -= 1
+        reason = None
+        if not tasks:
+            reason = "nothing to send" if not self.index.counts()["pending"] else (
+                "waiting for open tasks (max_active_tasks=%d per destination)" % config["max_active_tasks"])
+        return tasks, reason
+
+    def needs_checksum(self, entry):
+        """Send with sync_level=checksum when Globus's own test would skip a real change: after a
+        failed attempt (a partial file may sit at the destination), or when the change is not
+        visible to the chosen sync_level (an mtime not newer in whole seconds, an equal size)."""
+        if entry["st"] & RETRY:
+            return True
+        sent = entry["sent"]
+        if sent is None:
+            return False
+        level = self.config["options"]["sync_level"]
+        if level == "mtime":
+            return entry["mtime_ns"] // 10 ** 9 <= sent[1] // 10 ** 9
+        if level == "size":
+            return entry["size"] == sent[0]
+        return False
+
+    def submit_batch(self, dest_id, files, retry):
+        config = self.config
+        destination = self.destinations[dest_id]
+        items = [dict(source_path=join_path(config["source_path"], f["path"]),
+                      destination_path=join_path(destination["path"], f["path"]), recursive=False) for f in files]
+        label = render_label(config["label"], route=self.job, items=len(items),
+                             first=label_name(files[0]["path"]),
+                             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+                             attempt=2 if retry else 1)
+        document = transfer_document(config["source_collection"], destination["collection"], items,
+                                     config["options"], label, retry=retry)
+        report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
+                      items=len(items), sync_level=document["sync_level"], label=label,
+                      paths=[printable(f["path"]) for f in files[:config["sample_size"]]])
+        if self.check_mode:
+            self._fake += 1
+            self.index.record_submission("check-mode-%d" % self._fake, dest_id, "transfer", files)
+            return report
+
+        def link(db, submission_id):
+            self.index.record_submission(submission_id, dest_id, "transfer", files)
+
+        result = submit_exactly_once(self.db, self.client, self.job, document, link=link)
+        report.update(submission_id=result["submission_id"], task_id=result["task_id"], code=result["code"])
+        return report
+
+    # -- 5. deletes on the destination (only when asked) ---------------------------------------
+    def submit_deletes(self):
+        config = self.config
+        options = config["options"]
+        reports = []
+        for dest_id in self.dest_ids:
+            destination = self.destinations[dest_id]
+            while True:
+                paths = self.index.gone_paths(dest_id, config["items_per_task"])
+                if not paths:
+                    break
+                label = render_label(config["label"], route=self.job, items=len(paths),
+                                     first=label_name(paths[0]),
+                                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), attempt=1)
+                document = {
+                    "DATA_TYPE": "delete", "endpoint": destination["collection"], "label": label, "recursive": True,
+                    "ignore_missing": True, "notify_on_succeeded": options["notify_on_succeeded"],
+                    "notify_on_failed": options["notify_on_failed"],
+                    "notify_on_inactive": options["notify_on_inactive"],
+                    "DATA": [{"DATA_TYPE": "delete_item", "path": join_path(destination["path"], p)} for p in paths],
+                }
+                report = dict(destination_collection=destination["collection"], items=len(paths),
+                              paths=[printable(p) for p in paths[:config["sample_size"]]])
+                if self.check_mode:
+                    self._fake += 1
+                    self.index.record_submission("check-mode-%d" % self._fake, dest_id, "delete", gone=paths)
+                else:
+                    def link(db, submission_id, dest_id=dest_id, paths=paths):
+                        self.index.record_submission(submission_id, dest_id, "delete", gone=paths)
+
+                    result = submit_exactly_once(self.db, self.client, self.job, document, link=link, kind="delete")
+                    report.update(submission_id=result["submission_id"], task_id=result["task_id"])
+                reports.append(report)
+        return reports
+
+    # -- the dashboard's row ---------------------------------------------------------------------
+    def record_job(self, started, scan, result):
+        record_job(self.db, self.job, self.config["src_dir"], started, time.time(), result["index"]["files"],
+                   result["pending"], dict(counts=result["counts"], tasks=len(result["tasks"]),
+                                           settled=result["settled"], in_flight=result["in_flight"],
+                                           changed=result["changed"], scan_seconds=result["scan_seconds"]))
+
+
+def record_job(db, job, src_dir, run_at, scan_at, files_indexed, files_pending, summary):
+    """Upsert the job's ``sync_jobs`` row (the dashboard reads it)."""
+    db.upsert("sync_jobs", [dict(name=job, kind=KIND, source=src_dir, last_run_at=run_at, last_scan_at=scan_at,
+                                 files_indexed=files_indexed, files_pending=files_pending,
+                                 last_result=json.dumps(summary, sort_keys=True, default=str), updated_at=time.time())],
+              key=["name"], update=["kind", "source", "last_run_at", "last_scan_at", "files_indexed", "files_pending",
+                                    "last_result", "updated_at"])
+
+
+def check_options(config):
+    """Option combinations that cannot work, before anything is touched."""
+    if config.get("items_per_task", 1) < 1:
+        raise ConfigError("items_per_task must be at least 1")
+    for pattern in list(config.get("include") or []) + list(config.get("exclude") or []):
+        if not pattern.strip("/"):
+            raise ConfigError("an include/exclude pattern must not be empty")
+    if config.get("source_path") and not config["source_path"].startswith(("/", "~")):
+        raise ConfigError("source_path must be an absolute collection path, got %s" % config["source_path"])
+    for destination in config.get("destinations") or []:
+        if not destination["path"].startswith(("/", "~")):
+            raise ConfigError("destination path must be an absolute collection path, got %s" % destination["path"])

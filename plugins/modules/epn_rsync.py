@@ -1,0 +1,559 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: epn_rsync
+short_description: Repatriate synchrotron experiment data (EPNs) with rsync over SSH
+version_added: 0.1.0
+description:
+  - Pulls the data folder of each EPN (experiment proposal number) from the facility's SSH server with
+    C(rsync) into a project folder, and records every attempt in the state database. It does what mxsync
+    (HPC_ASSyncy) and asynchy (MeRC_Asyncy) did, without their bugs.
+  - "The EPNs come from exactly one of: an explicit list (O(epns)); the facility portal (O(from_portal=true)):
+    visits that ended before the earliest start of any visit still running, within O(visit_day_range) days, so an
+    experiment still running is never synced; or the queue in the database (O(from_db=true)) that
+    M(scidata.replication.epn_inventory) fills."
+  - EPNs already synced are skipped. An EPN is marked synced only when rsync's exit code says so (see
+    O(exit_policy)).
+  - The source is C({src_prefix}/{beamline}/{epn}/) on O(host) and the destination
+    C({dest_root}/{project}/{epn}/data/), with the project folder from O(epn_cap_map). EPNs without a mapping are
+    reported in RV(unmapped), never guessed.
+  - rsync runs as an argument list (never through a shell), with the paths after C(--) and C(--protect-args), and
+    ssh runs with C(BatchMode=yes), strict host-key checking against O(known_hosts_file), a connect timeout and
+    keep-alives. The default options reproduce mxsync's intent; live runs and check mode use the same options.
+  - With a PostgreSQL O(state_db), several hosts may run this module at the same time against the same database;
+    each EPN is claimed by exactly one run (a lease that the running module keeps renewing), and the EPNs of a run
+    that died are taken over once its lease (O(claim_ttl)) has expired. With SQLite (one host) the run lock
+    keeps runs apart.
+  - With O(log_file) set, a JSON line with an C(event) key (V(plan), V(start) or V(finish), the EPN, the attempt,
+    rc, files and bytes) is appended as each EPN starts and finishes, so a long run can be followed with
+    C(tail -f); the usual one-line summary of the run follows at the end.
+extends_documentation_fragment:
+  - scidata.replication._epn
+  - scidata.replication._epn.portal
+  - scidata.replication._state
+  - scidata.replication._attributes
+  - scidata.replication._attributes.actiongroup_replication
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Runs C(rsync --dry-run --itemize-changes) with otherwise the same options and returns what would change per
+        EPN. Writes nothing to the database or the destination, and takes no claims.
+  diff_mode:
+    support: full
+    details:
+      - Returns the itemized changes as C(diff.prepared).
+  idempotent:
+    support: full
+    details:
+      - A second run finds the EPNs synced and changes nothing.
+options:
+  epns:
+    description:
+      - Sync these EPNs.
+      - Mutually exclusive with O(from_portal) and O(from_db).
+    type: list
+    elements: str
+  from_portal:
+    description:
+      - Sync the EPNs of the portal visits that are ready (see the description). Needs O(portal_url) and
+        O(equipment).
+    type: bool
+    default: false
+  from_db:
+    description:
+      - Sync the pending EPNs that M(scidata.replication.epn_inventory) recorded, ordered by O(order), at most
+        O(limit) per run.
+    type: bool
+    default: false
+  order:
+    description:
+      - With O(from_db=true), V(ASC) syncs the EPNs with the oldest data first, V(DESC) the newest first.
+    type: str
+    choices: [ASC, DESC]
+    default: ASC
+  limit:
+    description:
+      - With O(from_db=true), the most EPNs one run claims.
+    type: int
+    default: 50
+  import_ignore_file:
+    description:
+      - Path of an mxsync C(ignore.yml); the EPNs in its C(previouslySynched) list are recorded as synced (once;
+        EPNs the database already knows about are left alone) and skipped.
+    type: path
+  epn_cap_map:
+    description:
+      - Maps an EPN base number (the leading digits of the EPN name) to its project folder under O(dest_root).
+    type: dict
+    required: true
+  dest_root:
+    description:
+      - Absolute local folder that holds the project folders.
+    type: path
+    required: true
+  dest_template:
+    description:
+      - Destination of each EPN. Only the fields C({dest_root}), C({src_prefix}), C({beamline}), C({project})
+        and C({epn}) may be used.
+    type: str
+    default: "{dest_root}/{project}/{epn}/data/"
+  source_template:
+    description:
+      - Folder of each EPN on O(host), with the same fields as O(dest_template). Keep the trailing C(/) so the
+        folder's content is copied.
+    type: str
+    default: "{src_prefix}/{beamline}/{epn}/"
+  rsync_path:
+    description:
+      - The local rsync program. A warning is given when it is older than 3.4.0 (the January 2025 security fixes).
+    type: str
+    default: rsync
+  compress:
+    description:
+      - Compress data in transit (C(--compress)).
+    type: bool
+    default: false
+  bwlimit:
+    description:
+      - Bandwidth limit per rsync process in KiB/s, optionally with a V(K), V(M) or V(G) suffix (C(--bwlimit)).
+    type: str
+  timeout:
+    description:
+      - rsync's I/O timeout in seconds (C(--timeout)); V(0) disables it.
+    type: int
+    default: 300
+  partial_dir:
+    description:
+      - Where rsync keeps partly transferred files so an interrupted transfer resumes (C(--partial-dir)),
+        relative to each destination folder.
+    type: str
+    default: .rsync-partial
+  protect_args:
+    description:
+      - Send file names inside the rsync protocol (C(--protect-args)) instead of through the remote shell. Turn
+        off only for restricted shells such as rrsync.
+    type: bool
+    default: true
+  extra_args:
+    description:
+      - More rsync long options, for example V(--checksum). Options that would replace the SSH command or
+        turn off argument protection are refused.
+    type: list
+    elements: str
+    default: []
+  workers:
+    description:
+      - How many rsync processes run at once.
+    type: int
+    default: 1
+  exit_policy:
+    description:
+      - Overrides of the exit-code policy, mapping an rsync exit code to V(success), V(warn) (synced, with a
+        warning), V(retry), V(retry_once), V(fatal) or V(stop).
+      - "The default: retry with backoff 5, 10, 12, 30, 35, 255; retry once then report 11, 14, 21, 22, 23;
+        24 (files vanished) is success with a warning; fatal 1, 2, 3, 4, 13, 25; 20 stops the run. Other codes are
+        fatal. A process killed by signal N counts as exit code 128+N."
+      - An SSH host-key or authentication failure stops the run whatever the exit code, without counting against
+        the EPN.
+    type: dict
+    default: {}
+  max_attempts:
+    description:
+      - Attempts per EPN, across runs, before an EPN with retryable errors is marked failed.
+    type: int
+    default: 5
+  run_retries:
+    description:
+      - Retries within one run for an EPN whose error is retryable; later attempts wait for the next run.
+    type: int
+    default: 2
+  retry_delay:
+    description:
+      - Seconds before the first retry; the wait doubles with each attempt up to O(retry_max_delay). The same
+        backoff decides when the next run may try an EPN again.
+    type: int
+    default: 30
+  retry_max_delay:
+    description:
+      - The longest wait between attempts, in seconds.
+    type: int
+    default: 3600
+  retry_failed:
+    description:
+      - Also try EPNs marked failed, starting their attempt count again.
+    type: bool
+    default: false
+  force:
+    description:
+      - Sync the chosen EPNs even when they are synced already or waiting for a retry.
+    type: bool
+    default: false
+  claim_ttl:
+    description:
+      - Seconds a claim on an EPN lasts unless the run renews it (it renews every third of that while it works).
+        After a run dies, its EPNs can be taken by another run after this long.
+    type: int
+    default: 300
+requirements:
+  - rsync on the target and on O(host) (3.4.0 or later recommended), and the OpenSSH client on the target.
+notes:
+  - The module fails when an EPN failed, when rsync was told to stop (exit code 20), or when SSH refused the host
+    key or the login; RV(epns) then still lists every EPN with its outcome.
+seealso:
+  - module: scidata.replication.epn_inventory
+  - module: scidata.replication.epn_alert
+  - module: ansible.builtin.known_hosts
+  - name: rsync exit values
+    description: The exit codes rsync documents.
+    link: https://download.samba.org/pub/rsync/rsync.1#EXIT_VALUES
+author:
+  - Scidata Replication maintainers (@scidata)
+"""
+
+EXAMPLES = r"""
+- name: Trust the facility's SSH host key (checked out of band)
+  ansible.builtin.known_hosts:
+    path: /etc/scidata-replication/known_hosts
+    name: sftp.synchrotron.org.au
+    key: "sftp.synchrotron.org.au ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI..."
+
+- name: Sync two EPNs by name
+  scidata.replication.epn_rsync:
+    epns: [12345a, 12346b]
+    host: sftp.synchrotron.org.au
+    user: massive
+    key_file: /etc/scidata-replication/id_ed25519
+    known_hosts_file: /etc/scidata-replication/known_hosts
+    beamline: MX2
+    epn_cap_map: {"12345": proj001, "12346": proj002}
+    dest_root: /projects
+
+- name: Sync the finished visits of the last 30 days, four at a time (mxsync)
+  scidata.replication.epn_rsync:
+    from_portal: true
+    portal_url: https://portal.synchrotron.org.au
+    equipment:
+      - id: "101"
+        client_name: mx-client
+        client_password: "{{ portal_client_password }}"
+        username: mxuser
+        password: "{{ portal_password }}"
+    visit_day_range: 30
+    host: sftp.synchrotron.org.au
+    user: massive
+    key_file: /etc/scidata-replication/id_ed25519
+    known_hosts_file: /etc/scidata-replication/known_hosts
+    beamline: MX2
+    epn_cap_map: "{{ epn_cap_map }}"
+    dest_root: /projects
+    workers: 4
+    import_ignore_file: /opt/mx_sync/etc/ignore.yml
+    log_file: /var/log/scidata-replication/epn_rsync.jsonl
+
+- name: Work through the inventory queue from several transfer hosts at once (asynchy)
+  scidata.replication.epn_rsync:
+    from_db: true
+    order: DESC
+    limit: 30
+    state_db: postgresql://replication@db.example.org/replication
+    host: sftp.synchrotron.org.au
+    user: massive
+    key_file: /etc/scidata-replication/id_ed25519
+    known_hosts_file: /etc/scidata-replication/known_hosts
+    epn_cap_map: "{{ epn_cap_map }}"
+    dest_root: /projects
+    bwlimit: 50M
+    workers: 2
+"""
+
+RETURN = r"""
+epns:
+  description: One entry per EPN this run worked on, with the outcome of its last attempt.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    epn:
+      description: The EPN.
+      type: str
+    project:
+      description: Its project folder from O(epn_cap_map).
+      type: str
+    source:
+      description: The rsync source, C(user@host:path/).
+      type: str
+    destination:
+      description: The local destination folder.
+      type: str
+    status:
+      description:
+        - V(success), V(warning) (synced, see C(warning)), V(retry) (left for a later run, see C(next_attempt_at)),
+          V(retrying), V(failed) (retries used up), V(fatal) (not retried) or V(stop).
+        - In check mode, the outcome of the dry run.
+      type: str
+    rc:
+      description: rsync's exit code of the last attempt (negative when killed by a signal).
+      type: int
+    meaning:
+      description: What the exit code means, or why the SSH connection was refused.
+      type: str
+    attempts:
+      description: Attempts in this run.
+      type: int
+    files:
+      description: Regular files transferred (in check mode, that would be transferred).
+      type: int
+    bytes:
+      description: Total size of the files transferred.
+      type: int
+    seconds:
+      description: Wall time of the last attempt.
+      type: float
+    stats:
+      description: All counters of rsync's C(--stats), such as C(literal_data) and C(matched_data).
+      type: dict
+    changes_total:
+      description: Number of itemized changes.
+      type: int
+    changes:
+      description: The itemized changes (at most 1000), in check mode and diff mode.
+      type: list
+      elements: dict
+      contains:
+        flags:
+          description: rsync's itemize flags, for example V(>f+++++++++).
+          type: str
+        path:
+          description: The path relative to the EPN folder, verbatim.
+          type: str
+    stderr_tail:
+      description: The last lines rsync wrote to stderr, when the attempt did not fully succeed.
+      type: str
+    warning:
+      description: Why a synced EPN has a warning (for example files that vanished during the transfer).
+      type: str
+    next_attempt_at:
+      description: When a later run may try again (ISO 8601), for status V(retry).
+      type: str
+  sample:
+    - epn: 12345a
+      project: proj001
+      source: massive@sftp.synchrotron.org.au:/data/MX2/12345a/
+      destination: /projects/proj001/12345a/data/
+      status: success
+      rc: 0
+      meaning: success
+      attempts: 1
+      files: 1804
+      bytes: 53687091200
+      seconds: 1203.5
+      stats: {literal_data: 53687091200, matched_data: 0}
+      changes_total: 1811
+synced:
+  description: EPNs synced by this run (in check mode, whose dry run succeeded).
+  returned: success
+  type: list
+  elements: str
+  sample: [12345a]
+failed_epns:
+  description: EPNs that failed (retries used up, or a fatal exit code); they are skipped until O(retry_failed).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+retrying:
+  description: EPNs with a retryable error that a later run will try again.
+  returned: success
+  type: list
+  elements: str
+  sample: []
+skipped_epns:
+  description: EPNs left alone, with the reason (already synced, failed, waiting for a retry, claimed by another run).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{epn: 12000a, reason: already synced at 2025-03-01T01:00:00+00:00}]
+rejected:
+  description: EPN names refused by the name rules, with the reason.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{epn: "../x", reason: "EPN is '.' or contains '..'"}]
+unmapped:
+  description: EPNs whose base number has no entry in O(epn_cap_map); not synced.
+  returned: success
+  type: list
+  elements: str
+  sample: [99999a]
+held_back:
+  description: With O(from_portal=true), portal visits not synced yet, with the reason (for example a visit still
+    running).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{epn: 12347a, reason: EPN has a visit still running}]
+current_start:
+  description: With O(from_portal=true), the earliest start of any visit still running (or now), ISO 8601.
+  returned: when O(from_portal=true)
+  type: str
+  sample: "2025-03-10T01:00:00+00:00"
+imported:
+  description: EPNs recorded as synced from O(import_ignore_file) by this run.
+  returned: success
+  type: list
+  elements: str
+  sample: []
+stopped:
+  description: Whether rsync was told to stop (exit code 20) and the run stopped early.
+  returned: success
+  type: bool
+  sample: false
+rsync_version:
+  description: The version of the local rsync.
+  returned: success
+  type: str
+  sample: 3.4.1
+diff:
+  description: The itemized changes, one line per change with the EPN, the flags and the path.
+  returned: in diff mode
+  type: dict
+  sample: {prepared: "12345a: >f+++++++++ image_0001.cbf\n"}
+msg:
+  description: A summary of the counts.
+  returned: always
+  type: str
+  sample: 1 synced, 0 failed, 0 to retry, 3 skipped, 0 rejected, 0 unmapped
+locked:
+  description: True when another run held the lock and nothing was done.
+  returned: when another run holds the lock
+  type: bool
+"""
+
+import datetime
+import inspect
+import json
+import os
+
+from ansible.module_utils.basic import remove_values
+from ansible_collections.scidata.replication.plugins.module_utils._epn import (
+    DEFAULT_DEST_TEMPLATE,
+    DEFAULT_SOURCE_TEMPLATE,
+    PORTAL_ARGUMENT_SPEC,
+    SSH_ARGUMENT_SPEC,
+)
+from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
+    DEFAULT_CLAIM_TTL,
+    EpnRsyncRun,
+)
+from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._rsync import (
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PARTIAL_DIR,
+    RSYNC_ENVIRONMENT,
+)
+
+
+def command_runner(module):
+    """``argv -> (rc, stdout, stderr)`` through run_command: no shell, no ~ or $VAR expansion."""
+    kwargs = dict(environ_update=RSYNC_ENVIRONMENT, expand_user_and_vars=False, errors="surrogateescape")
+    if "handle_exceptions" in inspect.signature(module.ansible.run_command).parameters:
+        kwargs["handle_exceptions"] = False  # raise instead of fail_json from a worker thread
+
+    def runner(argv):
+        return module.ansible.run_command(argv, **kwargs)
+
+    return runner
+
+
+def progress_writer(module):
+    """Append one JSON line per EPN event to log_file (the run summary is written by the base)."""
+    path = module.params.get("log_file")
+    if not path:
+        return None
+
+    def write(event):
+        entry = dict(remove_values(event, module.ansible.no_log_values))
+        entry.update(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     module=module.name, check_mode=module.check_mode)
+        try:
+            parent = os.path.dirname(path)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, mode=0o750)
+            with open(path, "a") as handle:
+                handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+        except OSError as exc:
+            module.warn("cannot write log_file %s: %s" % (path, exc))
+
+    return write
+
+
+def sync(module):
+    params = dict(module.params)
+    rsync = params["rsync_path"]
+    found = rsync if os.path.isabs(rsync) else module.ansible.get_bin_path(rsync)
+    if not found or not os.access(found, os.X_OK):
+        raise ConfigError("cannot find the rsync program %s on the target" % rsync, option="rsync_path")
+    params["rsync_path"] = found
+    run = EpnRsyncRun(
+        params,
+        module.state(),
+        command_runner(module),
+        check_mode=module.check_mode,
+        diff_mode=module.diff_mode,
+        warn=module.warn,
+        progress=progress_writer(module),
+    )
+    return run.run()
+
+
+def main():
+    argument_spec = dict(SSH_ARGUMENT_SPEC)
+    argument_spec.update(PORTAL_ARGUMENT_SPEC)
+    argument_spec.update(
+        epns=dict(type="list", elements="str"),
+        from_portal=dict(type="bool", default=False),
+        from_db=dict(type="bool", default=False),
+        order=dict(type="str", default="ASC", choices=["ASC", "DESC"]),
+        limit=dict(type="int", default=50),
+        import_ignore_file=dict(type="path"),
+        epn_cap_map=dict(type="dict", required=True),
+        dest_root=dict(type="path", required=True),
+        dest_template=dict(type="str", default=DEFAULT_DEST_TEMPLATE),
+        source_template=dict(type="str", default=DEFAULT_SOURCE_TEMPLATE),
+        rsync_path=dict(type="str", default="rsync"),
+        compress=dict(type="bool", default=False),
+        bwlimit=dict(type="str"),
+        timeout=dict(type="int", default=DEFAULT_IO_TIMEOUT),
+        partial_dir=dict(type="str", default=DEFAULT_PARTIAL_DIR),
+        protect_args=dict(type="bool", default=True),
+        extra_args=dict(type="list", elements="str", default=[]),
+        workers=dict(type="int", default=1),
+        exit_policy=dict(type="dict", default={}),
+        max_attempts=dict(type="int", default=DEFAULT_MAX_ATTEMPTS),
+        run_retries=dict(type="int", default=2),
+        retry_delay=dict(type="int", default=30),
+        retry_max_delay=dict(type="int", default=3600),
+        retry_failed=dict(type="bool", default=False),
+        force=dict(type="bool", default=False),
+        claim_ttl=dict(type="int", default=DEFAULT_CLAIM_TTL),
+    )
+    module = ReplicationModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        mutually_exclusive=[("epns", "from_portal", "from_db")],
+        required_if=[("from_portal", True, ("portal_url", "equipment"))],
+    )
+    module.run(sync, job=module.params["state_db"])
+
+
+if __name__ == "__main__":
+    main()
