@@ -66,6 +66,10 @@ pytest_dirs=(tests/unit tests/system)
 [ -d tests/emulator/tests ] && pytest_dirs+=(tests/emulator/tests)
 run_stage "pytest: units, emulator, playbook-driven system tests" python -m pytest -p no:cacheprovider -q -ra "${pytest_dirs[@]}"
 
+demo_dir=$(mktemp -d /tmp/scidata-demo-XXXXXX)
+run_stage "make demo (from the collection layout)" python demo/demo.py --workdir "$demo_dir/demo"
+rm -rf "$demo_dir"
+
 workdir=$(mktemp -d /tmp/scidata-services-XXXXXX)
 chmod 755 "$workdir"
 cleanup() { python tests/harness/services.py stop --workdir "$workdir" >/dev/null 2>&1 || true; rm -rf "$workdir"; }
