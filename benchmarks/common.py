@@ -66,5 +66,5 @@ def print_table(title, rows):
     """``rows``: (name, value, unit, ratio or None) printed as an aligned table."""
     print(title)
     for name, value, unit, ratio in rows:
-        print("  %-48s %12s %-8s %s" % (name, "{:,.0f}".format(value) if value >= 100 else "%.3f" % value, unit,
-                                       "" if ratio is None else "%.2fx" % ratio))
+        shown = "{:,.0f}".format(value) if value >= 100 else "%.3f" % value
+        print("  %-48s %12s %-8s %s" % (name, shown, unit, "" if ratio is None else "%.2fx" % ratio))

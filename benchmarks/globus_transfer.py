@@ -127,7 +127,7 @@ def bench_events(path, count):
         assert added == count
         rows = [_transfers.event_row(task_id, event) for task_id, event in events]
         postgres.psql("CREATE TABLE copy_target (LIKE task_events INCLUDING ALL)", database="events")
-        columns = [c for c in rows[0]]
+        columns = list(rows[0])
         copy = psql_copy(postgres, "events", "copy_target", columns, rows, path)
         db.close()
     return seconds, copy

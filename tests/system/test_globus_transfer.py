@@ -17,8 +17,10 @@ import uuid
 import pytest
 
 from ansible_collections.scidata.replication.plugins.module_utils._state import StateDB, open_state
+from dashboard_browser import db_totals, load_dashboard
 from globus_setup import DST, DST2, SRC, client_env
 
+OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "output", "end_to_end")
 HOSTILE_NAMES = ["with space.nc", "ünïcødé.nc", "-leading-dash.nc", "quote'\"s.nc", "$(touch pwned).nc"]
 
 
@@ -134,6 +136,19 @@ def test_esgf_scenario_end_to_end(ansible, emulator, tree, state_db_url):
         ("a-to-b", source_files), ("to-a", source_files), ("to-b", source_files)]
     tasks = emulator.tasks()
     assert len({t["submission_id"] for t in tasks}) == len(tasks) == 9  # 3 + 3 + 3 tasks of two items or one
+
+    # The dashboard of this end-to-end database, in real headless Chromium.
+    dest = os.path.join(str(emulator.root), name + "-dashboard")
+    report = run(ansible, emulator, "replication_report", {"state_db": state_db_url, "dest": dest})
+    assert report["changed"]
+    db = StateDB(state_db_url)
+    try:
+        expected = db_totals(db)
+    finally:
+        db.close()
+    assert expected["items_done"] == 15 and expected["tasks"] == 9
+    reader = load_dashboard(dest, str(emulator.root), os.path.join(OUTPUT, "end-to-end-%s.png" % name), expected)
+    assert "a-to-b" in "".join(reader.chart_text["chart-bytes"])
 
     again = run(ansible, emulator, "globus_transfer", args)
     assert again["changed"] is False and again["tasks"] == []
