@@ -5,7 +5,7 @@ stage() { printf '\n===== %s =====\n' "$*"; }
 repo=$(pwd)
 
 # -- system packages ------------------------------------------------------------------------
-packages=(rsync openssh-server openssh-client postgresql git shellcheck chromium)
+packages=(rsync openssh-server openssh-client postgresql git shellcheck chromium python3-venv python3-psycopg2 logrotate cron nginx)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
