@@ -275,7 +275,7 @@ class StateDB(object):
                     os.makedirs(parent, mode=0o700)
                 conn = sqlite3.connect(self.target, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000.0, isolation_level=None)
                 conn.execute("PRAGMA busy_timeout = %d" % SQLITE_BUSY_TIMEOUT_MS)
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
             except (OSError, sqlite3.Error) as exc:
@@ -501,6 +501,29 @@ class StateDB(object):
         if self.dialect == "sqlite":
             return self.scalar("PRAGMA integrity_check") == "ok"
         return True
+
+
+def _use_wal(conn):
+    """Switch a SQLite file to WAL, waiting for other processes that hold it.
+
+    WAL is a property of the file, so once any process has switched it there is nothing to
+    do. The switch needs the file to itself and SQLite does not run the busy handler for it:
+    several processes opening a new file at once retry here within the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000.0
+    delay = 0.01
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+    while mode not in ("wal", "memory"):  # an in-memory database has no journal file to switch
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        if mode != "wal":
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class _StringReader(object):

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -87,6 +88,32 @@ def test_sqlite_pragmas_are_set(tmp_path):
     assert db.scalar("PRAGMA foreign_keys") == 1
     assert db.scalar("PRAGMA busy_timeout") >= 10000
     db.close()
+
+
+def test_many_openers_of_a_new_sqlite_file_all_get_it_in_wal(tmp_path):
+    # Switching a new file to WAL needs it to itself and SQLite's busy handler does not cover
+    # the switch: openers racing on a fresh file used to fail with "database is locked".
+    errors = []
+
+    def open_and_check(path, barrier):
+        barrier.wait()
+        try:
+            db = StateDB(path)
+            if db.scalar("PRAGMA journal_mode") != "wal":
+                errors.append("not in WAL: %s" % path)
+            db.close()
+        except StateError as exc:
+            errors.append(exc.msg)
+
+    for number in range(400):
+        barrier = threading.Barrier(16)
+        threads = [threading.Thread(target=open_and_check, args=(str(tmp_path / ("%d.db" % number)), barrier))
+                   for _thread in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
 
 
 def test_check_mode_open_creates_nothing(tmp_path):
