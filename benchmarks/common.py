@@ -65,6 +65,7 @@ def psql_copy(postgres, database, table, columns, rows, path):
 def print_table(title, rows):
     """``rows``: (name, value, unit, ratio or None) printed as an aligned table."""
     print(title)
+    width = max(48, max(len(row[0]) for row in rows))
     for name, value, unit, ratio in rows:
         shown = "{:,.0f}".format(value) if value >= 100 else "%.3f" % value
-        print("  %-48s %12s %-8s %s" % (name, shown, unit, "" if ratio is None else "%.2fx" % ratio))
+        print("  %-*s %12s %-8s %s" % (width, name, shown, unit, "" if ratio is None else "%.2fx" % ratio))

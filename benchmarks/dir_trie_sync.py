@@ -8,7 +8,7 @@ about 100 files per directory; empty files with sparse sizes, so 1M files need i
 builds the job's index, marks it replicated, then times in fresh child processes:
 
 - ``find SRC -printf '%p %T@ %s\\n' > /dev/null`` (the baseline) and ``os.walk`` + ``os.lstat``;
-- a no-change rescan (goal <= 1.3x find);
+- a no-change rescan with the default scan workers (goal <= 1.3x find), and in one process;
 - a rescan after 1% of the files were modified (goal <= 1.3x find);
 
 and reports each child's peak RSS (goal <= 80 MiB, flat from 100k to 1M), the Python heap peak
@@ -88,6 +88,7 @@ def child(args):
     """One measured scan in a fresh process: prints seconds, peak RSS and heap peak as JSON."""
     if args.tracemalloc:
         tracemalloc.start()
+    worker_rss = 0
     if args.child == "find":
         argv = [a.replace("{tree}", args.tree) for a in FIND]
         with open(os.devnull, "w") as sink:
@@ -104,17 +105,20 @@ def child(args):
         seconds, _files = timed(walk)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     else:
+        workers = _pathindex.scan_workers(args.workers)
         index = _pathindex.PathIndex(args.index).open()
-        seconds, report = timed(lambda: index.scan(args.tree))
+        seconds, report = timed(lambda: index.scan(args.tree, workers=workers))
         index.close()
         assert report.files > 0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if workers > 1:
+            worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     heap = tracemalloc.get_traced_memory()[1] if args.tracemalloc else None
-    print(json.dumps(dict(seconds=seconds, rss_kib=rss, heap_bytes=heap)))
+    print(json.dumps(dict(seconds=seconds, rss_kib=rss, heap_bytes=heap, worker_rss_kib=worker_rss)))
 
 
-def measure(kind, tree, index=None, traced=False):
-    argv = [sys.executable, os.path.abspath(__file__), "--child", kind, "--tree", tree]
+def measure(kind, tree, index=None, traced=False, workers=0):
+    argv = [sys.executable, os.path.abspath(__file__), "--child", kind, "--tree", tree, "--workers", str(workers)]
     if index:
         argv += ["--index", index]
     if traced:
@@ -123,9 +127,11 @@ def measure(kind, tree, index=None, traced=False):
     return json.loads(output.strip().splitlines()[-1])
 
 
-def best(kind, tree, index=None):
-    runs = [measure(kind, tree, index) for _repeat in range(REPEATS)]
-    return min(r["seconds"] for r in runs), max(r["rss_kib"] for r in runs)
+def best(kind, tree, index=None, workers=0):
+    """Best time of REPEATS runs; peak RSS of the measured process and of its largest scan worker."""
+    runs = [measure(kind, tree, index, workers=workers) for _repeat in range(REPEATS)]
+    return (min(r["seconds"] for r in runs), max(r["rss_kib"] for r in runs),
+            max(r.get("worker_rss_kib", 0) for r in runs))
 
 
 def bench_size(base, count):
@@ -145,20 +151,24 @@ def bench_size(base, count):
     size = os.path.getsize(index_file)
 
     measure("find", tree)  # warm the cache
-    find_seconds, find_rss = best("find", tree)
-    walk_seconds, _walk_rss = best("walk", tree)
-    rescan_seconds, rescan_rss = best("scan", tree, index_file)
-    heap = measure("scan", tree, index_file, traced=True)["heap_bytes"]
+    find_seconds, find_rss, _none = best("find", tree)
+    walk_seconds, _walk_rss, _none = best("walk", tree)
+    rescan_seconds, rescan_rss, worker_rss = best("scan", tree, index_file)
+    serial_seconds, serial_rss, _none = best("scan", tree, index_file, workers=1)
+    heap = measure("scan", tree, index_file, traced=True, workers=1)["heap_bytes"]
     modified_runs = []
     for repeat in range(REPEATS):
         changed = modify(tree, count, 0.01, seed=repeat + 1)
         modified_runs.append(measure("scan", tree, index_file))
     modified_seconds = min(r["seconds"] for r in modified_runs)
     modified_rss = max(r["rss_kib"] for r in modified_runs)
-    find_after, _rss = best("find", tree)
+    modified_worker_rss = max(r["worker_rss_kib"] for r in modified_runs)
+    find_after, _rss, _none = best("find", tree)
     return dict(count=count, generated=generated, first=first, size=size, find=min(find_seconds, find_after),
                 find_rss=find_rss, walk=walk_seconds, rescan=rescan_seconds, rescan_rss=rescan_rss, heap=heap,
-                modified=modified_seconds, modified_rss=modified_rss, changed=changed)
+                serial=serial_seconds, serial_rss=serial_rss, workers=_pathindex.scan_workers(0),
+                worker_rss=max(worker_rss, modified_worker_rss), modified=modified_seconds, modified_rss=modified_rss,
+                changed=changed)
 
 
 def main():
@@ -169,6 +179,7 @@ def main():
     parser.add_argument("--tree", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -187,13 +198,23 @@ def main():
                         ("os.walk + os.lstat (reference), files/s", r["count"] / r["walk"], "files/s",
                          r["walk"] / r["find"]),
                         ("first scan, new index, files/s", r["count"] / r["first"], "files/s", r["first"] / r["find"]),
-                        ("no-change rescan, files/s (goal <= 1.3x)", r["count"] / r["rescan"], "files/s",
-                         r["rescan"] / r["find"]),
-                        ("rescan, %d files (1%%) modified, files/s (goal <= 1.3x)" % r["changed"],
+                        ("no-change rescan, one process, files/s", r["count"] / r["serial"], "files/s",
+                         r["serial"] / r["find"]),
+                        ("no-change rescan, %d workers, files/s (goal <= 1.3x)" % r["workers"],
+                         r["count"] / r["rescan"], "files/s", r["rescan"] / r["find"]),
+                        ("rescan, %d files (1%%) modified, %d workers, files/s (goal <= 1.3x)"
+                         % (r["changed"], r["workers"]),
                          r["count"] / r["modified"], "files/s", r["modified"] / r["find"]),
-                        ("peak RSS, no-change rescan, MiB (goal <= 80)", r["rescan_rss"] / 1024.0, "MiB", None),
-                        ("peak RSS, 1%-modified rescan, MiB (goal <= 80)", r["modified_rss"] / 1024.0, "MiB", None),
-                        ("Python heap peak (tracemalloc), rescan, MiB", r["heap"] / 1048576.0, "MiB", None),
+                        ("peak RSS, no-change rescan, one process, MiB (goal <= 80)", r["serial_rss"] / 1024.0,
+                         "MiB", None),
+                        ("peak RSS, no-change rescan with workers, scanning process, MiB (goal <= 80)",
+                         r["rescan_rss"] / 1024.0, "MiB", None),
+                        ("peak RSS, 1%-modified rescan, scanning process, MiB (goal <= 80)",
+                         r["modified_rss"] / 1024.0, "MiB", None),
+                        ("peak RSS, largest scan worker (incl. pages shared with the scanning process), MiB",
+                         r["worker_rss"] / 1024.0, "MiB", None),
+                        ("Python heap peak (tracemalloc), rescan, one process, MiB", r["heap"] / 1048576.0, "MiB",
+                         None),
                         ("index size on disk, bytes per path (goal <= 40)", float(r["size"]) / r["count"], "B", None),
                     ])
     if len(results) > 1:

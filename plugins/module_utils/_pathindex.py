@@ -30,7 +30,9 @@ The scan walks directory by directory with ``os.scandir`` on directory file desc
 ``fstatat`` per file, no path resolution), holding only the current directory's entries and
 the stack of open ancestors, so memory stays flat as the tree grows (it grows with the largest
 directory). Every directory is read every run: a file rewritten in place does not change its
-directory's mtime.
+directory's mtime. Once the index knows a few hundred directories, forked ``ScanWorkers`` read
+subtrees beside the index in parallel (``TreeReader``, which writes nothing) and send back only
+the directories that differ; the scanning process writes those (``PathIndex._record``).
 
 Nothing here uses AnsibleModule; ``DirTrieSync`` needs a StateDB and a TransferClient.
 """
@@ -38,17 +40,21 @@ Nothing here uses AnsibleModule; ``DirTrieSync`` needs a StateDB and a TransferC
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import datetime
 import decimal
 import fnmatch
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import posixpath
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import zlib
@@ -87,6 +93,11 @@ NEW, SYNCED, CHANGED, RETRY = 0, 1, 2, 4
 ROOT_ID = 1
 HASH_CHUNK = 1 << 20
 COMMIT_EVERY = 50000
+# A scan shares subtrees out to worker processes once the index knows this many directories.
+PARALLEL_MIN_DIRS = 200
+SUBTREES_PER_WORKER = 16
+MAX_SCAN_WORKERS = 8
+WORKER_DIED = "a scan worker died: nothing it read was written; the next run scans again"
 QUERY_CHUNK = 500
 CACHE_KIB = 2048
 PAGE_SIZE = 16384
@@ -262,6 +273,17 @@ class ScanReport(object):
         self.directories = 0
         self.index_changed = False
         self.seconds = 0.0
+        self.workers = 0
+
+    def merge(self, other):
+        """Add what a scan worker found in its part of the tree."""
+        for kind in self.KINDS:
+            mine, theirs = getattr(self, kind), getattr(other, kind)
+            mine.count += theirs.count
+            mine.paths.extend(theirs.paths[:mine.limit - len(mine.paths)])
+        self.unchanged += other.unchanged
+        self.files += other.files
+        self.directories += other.directories
 
     def as_dict(self):
         counts = dict((kind, getattr(self, kind).count) for kind in self.KINDS)
@@ -328,6 +350,265 @@ def pack_entries(entries, digest_size):
             len(sts) - sts.count(SYNCED))
 
 
+# -- reading the tree beside the index -----------------------------------------------------------
+def load_packed(conn, dir_id, digest_size):
+    row = conn.execute("SELECT sts, sizes, mtimes, names, hashes FROM dirs WHERE id = ?", (dir_id,)).fetchone()
+    if row is None or not row[0]:
+        return Packed.empty(digest_size)
+    return Packed.from_row(row, digest_size)
+
+
+def open_below(root_fd, rel, report):
+    """A directory below src_dir opened one name at a time, following no symlink; None when it
+    cannot be opened (gone since it was listed, or reported unreadable)."""
+    fd = root_fd
+    try:
+        for name in rel.split("/"):
+            parent_fd, fd = fd, os.open(name, _DIR_FLAGS, dir_fd=fd)
+            if parent_fd != root_fd:
+                os.close(parent_fd)
+    except OSError as exc:
+        if fd != root_fd:
+            os.close(fd)
+        if not isinstance(exc, FileNotFoundError):
+            report.unreadable.add(rel + "/", exc.strerror)
+        return None
+    return fd
+
+
+class DirDiff(object):
+    """One directory as found on disk against its index row: what the scan must write for it.
+
+    ``changed`` holds (position, size, mtime_ns) of files whose size or mtime moved, ``vanished``
+    name -> position of files gone, ``dropped`` positions of files now excluded; ``subdirs`` the
+    subdirectories on disk as (name, (id, leaf)), with None for the row of a new one, and
+    ``dropped_dirs`` / ``vanished_dirs`` (name, (id, leaf)) of known ones excluded or gone.
+    """
+
+    __slots__ = ("dir_id", "rel", "leaf", "is_leaf", "packed", "added", "changed", "vanished", "dropped",
+                 "subdirs", "dropped_dirs", "vanished_dirs")
+
+    def needs_writes(self):
+        return bool(self.added or self.changed or self.vanished or self.dropped or self.dropped_dirs
+                    or self.vanished_dirs or self.is_leaf != self.leaf
+                    or any(row is None for _name, row in self.subdirs))
+
+
+class TreeReader(object):
+    """Reads directories of the source beside their index rows and writes nothing: the first half
+    of scanning a directory, done by the scanning process or by a scan worker."""
+
+    def __init__(self, conn, digest_size, include, exclude, skip_rel, report):
+        self.conn = conn
+        self.digest_size = digest_size
+        self.include = _compile_patterns(include)
+        self.exclude = _compile_patterns(exclude)
+        self.skip = set(skip_rel)
+        self.report = report
+
+    def read(self, dir_id, dir_fd, rel, leaf):
+        """The ``DirDiff`` of one open directory, or None when it cannot be listed."""
+        report = self.report
+        report.directories += 1
+        packed = load_packed(self.conn, dir_id, self.digest_size)
+        known = dict(zip(packed.names, range(len(packed.names))))
+        known_dirs = dict((row[0], row[1:]) for row in self.conn.execute(
+            "SELECT name, id, leaf FROM dirs WHERE parent = ?", (dir_id,)))
+        sizes, mtimes = packed.sizes, packed.mtimes
+        include, exclude, skip = self.include, self.exclude, self.skip
+        filtered = bool(include or exclude or skip)
+        added, changed, subdirs, dropped, dropped_dirs = [], [], [], [], []
+        files = 0
+        known_pop = known.pop
+        try:
+            with os.scandir(dir_fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_file(follow_symlinks=False):
+                        if not name.isascii() and not is_utf8(name):
+                            report.skipped.add(rel + "/" + name if rel else name)
+                            continue
+                        if filtered:
+                            path = rel + "/" + name if rel else name
+                            if path in skip or _matches(exclude, path, name) or (
+                                    include and not _matches(include, path, name)):
+                                position = known_pop(name, None)
+                                if position is not None:
+                                    dropped.append(position)
+                                report.excluded.add(path)
+                                continue
+                        try:
+                            info = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            known_pop(name, None)  # keep its entry: we do not know what it is now
+                            report.unreadable.add(rel + "/" + name if rel else name, exc.strerror)
+                            continue
+                        files += 1
+                        position = known_pop(name, None)
+                        if position is None:
+                            added.append((name, info.st_size, info.st_mtime_ns))
+                        elif mtimes[position] != info.st_mtime_ns or sizes[position] != info.st_size:
+                            changed.append((position, info.st_size, info.st_mtime_ns))
+                    elif entry.is_dir(follow_symlinks=False):
+                        path = rel + "/" + name if rel else name
+                        if not name.isascii() and not is_utf8(name):
+                            report.skipped.add(path + "/")
+                            continue
+                        if filtered and (path in skip or _matches(exclude, path, name)):
+                            if name in known_dirs:
+                                dropped_dirs.append((name, known_dirs.pop(name)))
+                            report.excluded.add(path + "/")
+                            continue
+                        subdirs.append((name, known_dirs.pop(name, None)))
+                    elif entry.is_symlink():
+                        report.symlinks.add(rel + "/" + name if rel else name)
+                    else:
+                        report.special.add(rel + "/" + name if rel else name)
+        except OSError as exc:
+            report.unreadable.add((rel or ".") + "/", exc.strerror)
+            return None
+        report.files += files
+        report.unchanged += files - len(added) - len(changed)
+        subdirs.sort(key=lambda subdir: subdir[0])
+        diff = DirDiff()
+        diff.dir_id, diff.rel, diff.leaf, diff.packed = dir_id, rel, leaf, packed
+        diff.is_leaf = 0 if (subdirs or files) else 1
+        diff.added, diff.changed, diff.vanished, diff.dropped = added, changed, known, dropped
+        diff.subdirs, diff.dropped_dirs, diff.vanished_dirs = subdirs, dropped_dirs, sorted(known_dirs.items())
+        return diff
+
+    def read_subtree(self, root_fd, dir_id, rel, leaf):
+        """The diffs that need writing in a known subtree (a scan worker's task). A subdirectory
+        new since the last run is left to the scanning process, which gives it an id first."""
+        diffs = []
+        top_fd = open_below(root_fd, rel, self.report)
+        if top_fd is None:
+            return diffs
+        stack = [(top_fd, dir_id, rel, leaf)]
+        while stack:
+            dir_fd, dir_id, rel, leaf = stack.pop()
+            try:
+                diff = self.read(dir_id, dir_fd, rel, leaf)
+                if diff is None:
+                    continue
+                if diff.needs_writes():
+                    diff.packed = None  # the scanning process reads the row again
+                    diffs.append(diff)
+                for name, row in reversed(diff.subdirs):
+                    if row is None:
+                        continue
+                    child_rel = rel + "/" + name
+                    try:
+                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), row[0], child_rel, row[1]))
+                    except OSError as exc:
+                        if not isinstance(exc, FileNotFoundError):
+                            self.report.unreadable.add(child_rel + "/", exc.strerror)
+            finally:
+                os.close(dir_fd)
+        return diffs
+
+
+class ScanWorkers(object):
+    """Processes that read subtrees of src_dir beside the index (``TreeReader.read_subtree``).
+
+    They are forked while the scanning process holds no connection to the index: an SQLite
+    connection must not cross a fork, and a child's own connection to a file its parent has open
+    would share the parent's lock records. Each reads the index through its own connection (the
+    index is in WAL mode, so they read committed rows while the scanning process writes).
+    """
+
+    def __init__(self, count, setup):
+        context = multiprocessing.get_context("fork")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # a child flushes its copy of these buffers when it ends
+        self.conns, self.processes = [], []
+        try:
+            for _number in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_scan_worker, args=(theirs, self.conns + [ours], setup),
+                                          daemon=True)
+                process.start()
+                theirs.close()
+                self.conns.append(ours)
+                self.processes.append(process)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, tasks):
+        """Yields each task's (diffs, report) as soon as a worker has it; one task per worker at a time."""
+        tasks = iter(tasks)
+        busy = set()
+        for conn in self.conns:
+            if self._send(conn, tasks):
+                busy.add(conn)
+        while busy:
+            for conn in multiprocessing.connection.wait(list(busy)):
+                try:
+                    kind, payload = conn.recv()
+                except EOFError:
+                    raise ReplicationError(WORKER_DIED)
+                if kind == "error":
+                    raise ReplicationError("a scan worker failed: %s" % payload)
+                if not self._send(conn, tasks):
+                    busy.discard(conn)
+                yield payload
+
+    @staticmethod
+    def _send(conn, tasks):
+        task = next(tasks, None)
+        if task is not None:
+            try:
+                conn.send(task)
+            except OSError:
+                raise ReplicationError(WORKER_DIED)
+        return task is not None
+
+    def close(self):
+        for conn in self.conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+                conn.close()
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _scan_worker(conn, inherited, setup):
+    """A scan worker's loop: read subtrees until told to stop or the scanning process is gone."""
+    for other in inherited:
+        other.close()
+    index_path, digest_size, root, include, exclude, skip_rel, sample_size = setup
+    failure = None
+    try:
+        db = sqlite3.connect(index_path, isolation_level=None, timeout=30)
+        db.execute("PRAGMA query_only = ON")
+        root_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, sqlite3.Error) as exc:
+        failure = "cannot open %s or %s: %s" % (index_path, root, exc)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        if failure:
+            conn.send(("error", failure))
+            continue
+        report = ScanReport(sample_size)
+        try:
+            diffs = TreeReader(db, digest_size, include, exclude, skip_rel, report).read_subtree(root_fd, *task)
+        except (OSError, sqlite3.Error) as exc:
+            conn.send(("error", "%s: %s" % (task[1], exc)))
+            continue
+        conn.send(("done", (diffs, report)))
+
+
 # -- the index file ----------------------------------------------------------------------------
 class PathIndex(object):
     """One job's index: a SQLite file with explicit transactions (autocommit outside them)."""
@@ -342,6 +623,7 @@ class PathIndex(object):
         self._dir_paths = {}
         self._pending_writes = 0
         self._scan_state = None
+        self._reader = None
 
     # -- connection -------------------------------------------------------------------------
     def open(self):
@@ -354,7 +636,7 @@ class PathIndex(object):
             if not exists:
                 self.conn.execute("PRAGMA page_size = %d" % PAGE_SIZE)
                 self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            self.conn.execute("PRAGMA journal_mode = DELETE")
+            self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA cache_size = -%d" % CACHE_KIB)
             self.conn.execute("PRAGMA temp_store = FILE")
@@ -491,11 +773,7 @@ class PathIndex(object):
 
     # -- rows and paths -----------------------------------------------------------------------
     def load(self, dir_id):
-        row = self.conn.execute("SELECT sts, sizes, mtimes, names, hashes FROM dirs WHERE id = ?",
-                                (dir_id,)).fetchone()
-        if row is None or not row[0]:
-            return Packed.empty(self.digest_size)
-        return Packed.from_row(row, self.digest_size)
+        return load_packed(self.conn, dir_id, self.digest_size)
 
     def store(self, dir_id, entries):
         values = pack_entries(entries, self.digest_size)
@@ -573,155 +851,166 @@ class PathIndex(object):
         return self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs").fetchone()[0]
 
     # -- scan -------------------------------------------------------------------------------
-    def scan(self, root, include=(), exclude=(), sample_size=20, gone_dests=None, skip_rel=()):
+    def scan(self, root, include=(), exclude=(), sample_size=20, gone_dests=None, skip_rel=(), workers=1,
+             min_dirs=PARALLEL_MIN_DIRS, subtrees_per_worker=SUBTREES_PER_WORKER):
         """Walk ``root`` and bring the index up to date; returns a ``ScanReport``.
 
         ``gone_dests``: destination ids that must get a delete for every sent file that vanished
-        (delete_destination); ``skip_rel``: relative paths never indexed (the index itself).
+        (delete_destination); ``skip_rel``: relative paths never indexed (the index itself);
+        ``workers``: processes that read subtrees in parallel once the index knows ``min_dirs``
+        directories, the top of the tree split here into ``subtrees_per_worker`` subtrees per
+        worker (this process then only writes what they found changed).
         """
         report = ScanReport(sample_size)
         started = time.monotonic()
-        self._scan_state = dict(
-            report=report, include=_compile_patterns(include), exclude=_compile_patterns(exclude),
-            gone_dests=list(gone_dests or ()), skip=set(skip_rel),
-            has_side=any(self.conn.execute("SELECT 1 FROM %s LIMIT 1" % t).fetchone() for t in ("sent", "delivered")),
-            has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
-        )
         root_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-        stack = []
+        pool = None
         try:
+            known_dirs = self.conn.execute("SELECT count(*) FROM dirs").fetchone()[0]
+            if workers > 1 and known_dirs >= min_dirs and not self._in_transaction:
+                # Forked while this process has no connection to the index: see ScanWorkers.
+                self.close()
+                try:
+                    pool = ScanWorkers(workers, (self.path, self.digest_size, root, include, exclude, skip_rel,
+                                                 sample_size))
+                finally:
+                    self.open()
+                report.workers = workers
+            self._reader = TreeReader(self.conn, self.digest_size, include, exclude, skip_rel, report)
+            self._scan_state = dict(
+                report=report, gone_dests=list(gone_dests or ()),
+                has_side=any(self.conn.execute("SELECT 1 FROM %s LIMIT 1" % t).fetchone()
+                             for t in ("sent", "delivered")),
+                has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
+            )
             with self.transaction():
                 self._pending_writes = 0
                 root_row = self.conn.execute("SELECT leaf, sent FROM dirs WHERE id = ?", (ROOT_ID,)).fetchone()
                 children = self._scan_dir(ROOT_ID, root_fd, "", root_row[0])
                 if children is None:
                     raise ReplicationError("cannot read src_dir %s" % root)
-                stack.append((root_fd, "", iter(children)))
-                while stack:
-                    parent_fd, parent_rel, pending = stack[-1]
-                    child = next(pending, None)
-                    if child is None:
-                        stack.pop()
-                        if parent_fd != root_fd:
-                            os.close(parent_fd)
-                        continue
-                    child_id, name, leaf = child
-                    rel = parent_rel + "/" + name if parent_rel else name
-                    try:
-                        child_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-                    except OSError as exc:
-                        if not isinstance(exc, FileNotFoundError):
-                            report.unreadable.add(rel + "/", exc.strerror)
-                        continue
-                    grandchildren = self._scan_dir(child_id, child_fd, rel, leaf)
-                    if grandchildren is None:
-                        os.close(child_fd)
-                        continue
-                    stack.append((child_fd, rel, iter(grandchildren)))
-                    self._checkpoint()
+                if pool is None:
+                    self._walk(root_fd, "", children)
+                else:
+                    self._scan_with_workers(pool, root_fd, children, workers * subtrees_per_worker)
         finally:
-            for parent_fd, _rel, _pending in stack:
-                if parent_fd != root_fd:
-                    with contextlib.suppress(OSError):
-                        os.close(parent_fd)
+            if pool is not None:
+                pool.close()
             os.close(root_fd)
-            self._scan_state = None
+            self._scan_state = self._reader = None
         report.seconds = time.monotonic() - started
         return report
 
-    def _scan_dir(self, dir_id, dir_fd, rel, leaf):
-        """Diff one directory against the index; returns its subdirectories to visit, or None
-        when it cannot be read (its index entries are then kept as they were)."""
-        state = self._scan_state
-        report = state["report"]
-        report.directories += 1
-        conn = self.conn
-        packed = self.load(dir_id)
-        known = dict(zip(packed.names, range(len(packed.names))))
-        known_dirs = dict((row[0], row[1:]) for row in conn.execute(
-            "SELECT name, id, leaf FROM dirs WHERE parent = ?", (dir_id,)))
-        sizes, mtimes = packed.sizes, packed.mtimes
-        include, exclude, skip = state["include"], state["exclude"], state["skip"]
-        filtered = bool(include or exclude or skip)
-        added, changed, subdirs, dropped, dropped_dirs = [], [], [], [], []
-        files = 0
-        known_pop = known.pop
+    def _walk(self, top_fd, top_rel, children):
+        """Scan, depth first, the subdirectories ``children`` of the open directory ``top_fd``."""
+        report = self._scan_state["report"]
+        stack = [(top_fd, top_rel, iter(children))]
         try:
-            with os.scandir(dir_fd) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if entry.is_file(follow_symlinks=False):
-                        if not name.isascii() and not is_utf8(name):
-                            report.skipped.add(rel + "/" + name if rel else name)
-                            continue
-                        if filtered:
-                            path = rel + "/" + name if rel else name
-                            if path in skip or _matches(exclude, path, name) or (
-                                    include and not _matches(include, path, name)):
-                                position = known_pop(name, None)
-                                if position is not None:
-                                    dropped.append(position)
-                                report.excluded.add(path)
-                                continue
-                        try:
-                            info = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        except OSError as exc:
-                            known_pop(name, None)  # keep its entry: we do not know what it is now
-                            report.unreadable.add(rel + "/" + name if rel else name, exc.strerror)
-                            continue
-                        files += 1
-                        position = known_pop(name, None)
-                        if position is None:
-                            added.append((name, info.st_size, info.st_mtime_ns))
-                        elif mtimes[position] != info.st_mtime_ns or sizes[position] != info.st_size:
-                            changed.append((position, info.st_size, info.st_mtime_ns))
-                    elif entry.is_dir(follow_symlinks=False):
-                        path = rel + "/" + name if rel else name
-                        if not name.isascii() and not is_utf8(name):
-                            report.skipped.add(path + "/")
-                            continue
-                        if filtered and (path in skip or _matches(exclude, path, name)):
-                            if name in known_dirs:
-                                dropped_dirs.append(name)
-                            report.excluded.add(path + "/")
-                            continue
-                        subdirs.append(name)
-                    elif entry.is_symlink():
-                        report.symlinks.add(rel + "/" + name if rel else name)
-                    else:
-                        report.special.add(rel + "/" + name if rel else name)
-        except OSError as exc:
-            report.unreadable.add((rel or ".") + "/", exc.strerror)
+            while stack:
+                parent_fd, parent_rel, pending = stack[-1]
+                child = next(pending, None)
+                if child is None:
+                    stack.pop()
+                    if parent_fd != top_fd:
+                        os.close(parent_fd)
+                    continue
+                child_id, name, leaf, _known = child
+                rel = parent_rel + "/" + name if parent_rel else name
+                try:
+                    child_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                except OSError as exc:
+                    if not isinstance(exc, FileNotFoundError):
+                        report.unreadable.add(rel + "/", exc.strerror)
+                    continue
+                grandchildren = self._scan_dir(child_id, child_fd, rel, leaf)
+                if grandchildren is None:
+                    os.close(child_fd)
+                    continue
+                stack.append((child_fd, rel, iter(grandchildren)))
+                self._checkpoint()
+        finally:
+            for parent_fd, _rel, _pending in stack:
+                if parent_fd != top_fd:
+                    with contextlib.suppress(OSError):
+                        os.close(parent_fd)
+
+    def _scan_with_workers(self, pool, root_fd, children, wanted):
+        """Share the known subtrees out to the workers; write what they found, and scan the
+        directories new since the last run here (everything in them is new anyway)."""
+        report = self._scan_state["report"]
+        subtrees = collections.deque()
+
+        def take(parent_fd, parent_rel, found):
+            for child_id, name, leaf, known in found:
+                rel = parent_rel + "/" + name if parent_rel else name
+                if known:
+                    subtrees.append((child_id, rel, leaf))
+                else:
+                    self._walk(parent_fd, parent_rel, [(child_id, name, leaf, known)])
+
+        take(root_fd, "", children)
+        # Split the top of the tree here until there are enough subtrees to keep every worker busy.
+        while subtrees and len(subtrees) < wanted:
+            dir_id, rel, leaf = subtrees.popleft()
+            dir_fd = open_below(root_fd, rel, report)
+            if dir_fd is None:
+                continue
+            try:
+                found = self._scan_dir(dir_id, dir_fd, rel, leaf)
+                if found is not None:
+                    take(dir_fd, rel, found)
+            finally:
+                os.close(dir_fd)
+        for diffs, part in pool.run(subtrees):
+            report.merge(part)
+            for diff in diffs:
+                dir_fd = open_below(root_fd, diff.rel, report)
+                if dir_fd is None:
+                    continue  # gone since the worker read it: the next run prunes it
+                try:
+                    diff.packed = self.load(diff.dir_id)
+                    found = self._record(diff, dir_fd)
+                    take(dir_fd, diff.rel, [child for child in found if not child[3]])
+                finally:
+                    os.close(dir_fd)
+                self._checkpoint()
+
+    def _scan_dir(self, dir_id, dir_fd, rel, leaf):
+        """Diff one directory against the index and write the difference; returns its
+        subdirectories to visit, or None when it cannot be read (its entries are then kept)."""
+        diff = self._reader.read(dir_id, dir_fd, rel, leaf)
+        if diff is None:
             return None
-        report.files += files
+        return self._record(diff, dir_fd)
+
+    def _record(self, diff, dir_fd):
+        """Write one directory's difference; returns its subdirectories as (id, name, leaf, known)."""
+        state = self._scan_state
+        conn = self.conn
+        dir_id, rel = diff.dir_id, diff.rel
         writes = 0
-        if added or changed or known or dropped:
-            writes += self._apply(dir_id, dir_fd, rel, packed, added, changed, known, dropped, state)
-        report.unchanged += files - len(added) - len(changed)
-        for name in dropped_dirs:
-            writes += self._delete_subtree(known_dirs.pop(name)[0], None, state, record=False)
+        if diff.added or diff.changed or diff.vanished or diff.dropped:
+            writes += self._apply(dir_id, dir_fd, rel, diff.packed, diff.added, diff.changed, diff.vanished,
+                                  diff.dropped, state)
+        for _name, row in diff.dropped_dirs:
+            writes += self._delete_subtree(row[0], None, state, record=False)
         # Subdirectories: new ones get an id now, vanished ones are pruned with their subtree.
         children = []
-        for name in subdirs:
-            row = known_dirs.pop(name, None)
+        for name, row in diff.subdirs:
             if row is None:
                 cursor = conn.execute("INSERT INTO dirs (parent, name) VALUES (?, ?)", (dir_id, name))
-                children.append((cursor.lastrowid, name, 0))
+                children.append((cursor.lastrowid, name, 0, False))
                 writes += 1
             else:
-                children.append((row[0], name, row[1]))
-        for name, row in known_dirs.items():
+                children.append((row[0], name, row[1], True))
+        for name, row in diff.vanished_dirs:
             writes += self._delete_subtree(row[0], rel + "/" + name if rel else name, state, record=True)
-        is_leaf = 0 if (subdirs or files) else 1
-        if is_leaf != leaf:
-            conn.execute("UPDATE dirs SET leaf = ? WHERE id = ?", (is_leaf, dir_id))
+        if diff.is_leaf != diff.leaf:
+            conn.execute("UPDATE dirs SET leaf = ? WHERE id = ?", (diff.is_leaf, dir_id))
             writes += 1
         if writes:
-            report.index_changed = True
+            state["report"].index_changed = True
             self._pending_writes += writes
-        children.sort(key=lambda child: child[1])
         return children
 
     def _hash(self, dir_fd, name, rel, report):
@@ -1154,7 +1443,7 @@ class DirTrieSync(object):
         scan = index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
                           sample_size=config["sample_size"],
                           gone_dests=self.dest_ids if config["delete_destination"] else (),
-                          skip_rel=config.get("skip_rel", ()))
+                          skip_rel=config.get("skip_rel", ()), workers=config.get("scan_workers", 1))
         counts, samples = scan.as_dict()
         if not self.check_mode:
             index.compact()  # free pages only: not a change anyone asked for
@@ -1174,8 +1463,9 @@ class DirTrieSync(object):
             changed=changed, job=self.job, index=self.index_report(),
             counts=dict(counts, empty_dirs=directories["pending"]), samples=dict(samples,
                                                                                  empty_dirs=directories["sample"]),
-            scan_seconds=round(scan.seconds, 3), settled=settled, resubmitted=resubmitted, tasks=tasks,
-            reason=reason, directories_created=directories["created"], directory_errors=directories["errors"],
+            scan_seconds=round(scan.seconds, 3), scan_workers=scan.workers, settled=settled,
+            resubmitted=resubmitted, tasks=tasks, reason=reason, directories_created=directories["created"],
+            directory_errors=directories["errors"],
             deletes=deletes, pending=state["pending"], in_flight=state["in_flight"], open_tasks=state["open_tasks"],
             deletes_pending=state["deletes_pending"],
         )
@@ -1425,6 +1715,19 @@ def record_job(db, job, src_dir, run_at, scan_at, files_indexed, files_pending, 
                                  last_result=json.dumps(summary, sort_keys=True, default=str), updated_at=time.time())],
               key=["name"], update=["kind", "source", "last_run_at", "last_scan_at", "files_indexed", "files_pending",
                                     "last_result", "updated_at"])
+
+
+def scan_workers(requested):
+    """The scan_workers option: 0 is one per CPU this process may use, at most MAX_SCAN_WORKERS."""
+    if requested < 0:
+        raise ConfigError("scan_workers must be 0 (one per CPU) or more")
+    if requested:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, MAX_SCAN_WORKERS)
 
 
 def check_options(config):

@@ -174,6 +174,15 @@ options:
     description: How many paths each list in RV(samples) and RV(tasks) shows at most.
     type: int
     default: 20
+  scan_workers:
+    description:
+      - Processes that read the tree in parallel, each a share of its subtrees beside the index, while
+        this one writes what they found changed. V(0) means one per CPU this process may use, at most 8;
+        V(1) reads the tree in this process alone.
+      - Workers are used once the index knows a few hundred directories; a first scan is done in this
+        process.
+    type: int
+    default: 0
   label:
     description:
       - Task label template with the fields C({route}) (the job name), C({items}), C({first}) (base name
@@ -331,6 +340,11 @@ scan_seconds:
   description: How long the scan and diff took.
   returned: when O(state) is V(present) or V(marked)
   type: float
+scan_workers:
+  description: Worker processes that read the tree in this run; V(0) when this process read it alone.
+  returned: when O(state) is V(present) or V(marked)
+  type: int
+  sample: 2
 settled:
   description: Earlier tasks of the job that finished and were applied to the index by this run.
   returned: when O(state=present)
@@ -438,7 +452,7 @@ def job_config(params):
                   max_submissions_per_run=params["max_submissions_per_run"],
                   max_active_tasks=params["max_active_tasks"], label=params["label"],
                   sample_size=params["sample_size"], delete_destination=params["delete_destination"],
-                  options=options, skip_rel=skip_rel)
+                  scan_workers=_pathindex.scan_workers(params["scan_workers"]), options=options, skip_rel=skip_rel)
     if params["state"] == "present" and not config["destinations"]:
         raise ConfigError("state=present needs at least one destination")
     _pathindex.check_options(config)
@@ -478,7 +492,8 @@ def mark(module, config):
                                  module.check_mode) as index:
         index.bind(config["job"], config["src_dir"])
         scan = index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
-                          sample_size=config["sample_size"], skip_rel=config["skip_rel"])
+                          sample_size=config["sample_size"], skip_rel=config["skip_rel"],
+                          workers=config["scan_workers"])
         transferred, to_send, marked_changed = index.mark(as_of_ns, params["subpath"], root=config["src_dir"])
         counts, samples = scan.as_dict()
         state = index.counts()
@@ -488,7 +503,7 @@ def mark(module, config):
                              size_bytes=os.path.getsize(config["index_path"]) if os.path.exists(config["index_path"])
                              else 0),
                   counts=dict(counts, empty_dirs=state["empty_dirs_pending"]), samples=samples,
-                  scan_seconds=round(scan.seconds, 3), pending=state["pending"],
+                  scan_seconds=round(scan.seconds, 3), scan_workers=scan.workers, pending=state["pending"],
                   marked=dict(as_of=as_of_ns / 1e9, subpath=params["subpath"] or "", transferred=transferred,
                               to_send=to_send))
     _pathindex.record_job(db, config["job"], config["src_dir"], started, time.time(), files, state["pending"],
@@ -531,6 +546,7 @@ def main():
             max_active_tasks=dict(type="int", default=3),
             delete_destination=dict(type="bool", default=False),
             sample_size=dict(type="int", default=20),
+            scan_workers=dict(type="int", default=0),
             label=dict(type="str", default="{route} {date}"),
             **_transfers.TRANSFER_ARGUMENT_SPEC
         ),

@@ -233,6 +233,50 @@ def test_replicates_only_what_changed(ansible, emulator, job):
     assert carried[DST].count("/%s/run1/frame_01.h5" % job["name"]) == 1
 
 
+def test_wide_tree_is_rescanned_by_scan_workers(ansible, emulator, tmp_path):
+    """A tree of 265 directories: the first scan is done in one process, the rescans by two
+    scan workers, and they find exactly what changed, deep or new, and nothing on a rerun."""
+    name = "w" + uuid.uuid4().hex[:8]
+    root = str(emulator.root / "src" / name)
+    stamp = time.time() - 3600
+    for run_number in range(24):
+        for scan_number in range(10):
+            write(os.path.join(root, "r%02d/s%d/frame.h5" % (run_number, scan_number)), os.urandom(64), stamp)
+    index_dir = str(tmp_path / "index")
+    args = {"job": name, "src_dir": root, "source_collection": SRC, "source_path": "/" + name,
+            "destinations": [{"collection": DST, "path": "/wide/" + name}], "state_db": str(tmp_path / "state.db"),
+            "index_dir": index_dir, "scan_workers": 2, "lock_file": str(tmp_path / "job.lock")}
+    destination = str(emulator.root / "dst" / "wide" / name)
+    first = run(ansible, emulator, args)
+    assert first["scan_workers"] == 0 and first["counts"]["new"] == 240
+    emulator.wait_idle()
+    assert_replicated(root, destination)
+    settled = run(ansible, emulator, args)
+    assert settled["scan_workers"] == 2 and settled["changed"] is False and settled["counts"]["unchanged"] == 240
+
+    rewritten = ["r03/s7/frame.h5", "r21/s0/frame.h5"]
+    for rel in rewritten:
+        write(os.path.join(root, rel), os.urandom(64), stamp + 60)
+    write(os.path.join(root, "r10/s4/new/more.h5"), b"new", stamp)
+    os.unlink(os.path.join(root, "r17/s2/frame.h5"))
+    index_before = open(_pathindex.index_path(index_dir, name), "rb").read()
+    plan = run(ansible, emulator, args, check=True)
+    assert plan["changed"] is True and plan["scan_workers"] == 2
+    assert (plan["counts"]["modified"], plan["counts"]["new"], plan["counts"]["deleted"]) == (2, 1, 1)
+    assert sorted(plan["samples"]["modified"]) == rewritten and plan["samples"]["deleted"] == ["r17/s2/frame.h5"]
+    assert open(_pathindex.index_path(index_dir, name), "rb").read() == index_before
+    assert len(emulator.tasks()) == 1
+
+    applied = run(ansible, emulator, args)
+    assert applied["scan_workers"] == 2
+    assert sorted(applied["tasks"][0]["paths"]) == sorted(rewritten + ["r10/s4/new/more.h5"])
+    emulator.wait_idle()
+    assert_replicated(root, destination)
+    again = run(ansible, emulator, args)
+    assert again["changed"] is False and again["tasks"] == [] and again["pending"] == 0
+    assert again["scan_workers"] == 2 and again["counts"]["unchanged"] == 240
+
+
 @pytest.fixture
 def sqlite_job(emulator, tmp_path):
     name = "s" + uuid.uuid4().hex[:8]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 import tracemalloc
@@ -15,7 +16,7 @@ import tracemalloc
 import pytest
 
 from ansible_collections.scidata.replication.plugins.module_utils import _pathindex
-from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError, ReplicationError
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -323,6 +324,60 @@ def test_memory_stays_flat_as_the_tree_grows(tmp_path):
     assert peaks[1] < peaks[0] * 2 + 65536, peaks
 
 
+def parallel_tree(root, dirs=12, files=5):
+    for number in range(dirs * files):
+        write(root, "run%02d/scan%d/f%03d" % (number % dirs, number % 2, number), b"x", BASE * 10 ** 9 + number)
+
+
+def test_scan_workers_read_the_subtrees_and_find_what_one_process_finds(tmp_path, src, monkeypatch):
+    parallel_tree(src)
+    serial, parallel = open_index(tmp_path, name="serial.sqlite"), open_index(tmp_path, name="parallel.sqlite")
+    for index in (serial, parallel):
+        index.scan(src)
+        deliver_all(index)
+    write(src, "run03/scan1/f051", b"longer", BASE * 10 ** 9 + 99)
+    write(src, "run07/new/g", b"y")
+    os.unlink(os.path.join(src, "run05/scan1/f005"))
+    shutil.rmtree(os.path.join(src, "run09/scan1"))
+    readers = str(tmp_path / "readers")
+    original = _pathindex.TreeReader.read_subtree
+
+    def read_subtree(self, *args):
+        with open(readers, "a") as handle:
+            handle.write("%d\n" % os.getpid())
+        return original(self, *args)
+
+    monkeypatch.setattr(_pathindex.TreeReader, "read_subtree", read_subtree)
+    one = serial.scan(src, sample_size=1000).as_dict()
+    many = parallel.scan(src, sample_size=1000, workers=2, min_dirs=0, subtrees_per_worker=2).as_dict()
+    pids = set(int(line) for line in open(readers))
+    assert os.getpid() not in pids and len(pids) == 2  # both workers read, this process did not
+    assert many[0] == one[0], (many[0], one[0])
+    assert (one[0]["modified"], one[0]["new"], one[0]["deleted"]) == (1, 1, 6), one
+    assert dict((k, sorted(v)) for k, v in many[1].items()) == dict((k, sorted(v)) for k, v in one[1].items())
+    assert pending_paths(parallel) == pending_paths(serial)
+    assert parallel.total_files() == serial.total_files() == 12 * 5 - 1 - 5 + 1
+
+
+def test_a_dead_scan_worker_fails_the_scan_and_writes_nothing(tmp_path, src, monkeypatch):
+    parallel_tree(src)
+    index = open_index(tmp_path)
+    index.scan(src)
+    deliver_all(index)
+    write(src, "run02/scan0/f002", b"changed", BASE * 10 ** 9 + 500)
+
+    def die(self, *args):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_pathindex.TreeReader, "read_subtree", die)
+        with pytest.raises(ReplicationError, match="scan worker died"):
+            index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
+    assert pending_paths(index) == []
+    report = index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
+    assert report.modified.paths == ["run02/scan0/f002"] and pending_paths(index) == ["run02/scan0/f002"]
+
+
 # -- property: the scan's changes equal a brute-force comparison ---------------------------------
 NAMES = ["a", "b", "c d", "ü", "-x", "n\nl"]
 DIRS = ["", "p", "p/q", "r", "r/s/t"]
@@ -362,9 +417,10 @@ def apply_edit(root, edit, clock):
     return None
 
 
-def check_property(rounds, compare):
+def check_property(rounds, compare, workers=1):
     """Random edit rounds; after each scan, new/modified/deleted and the pending set must equal
-    a brute-force comparison of snapshots (pending: differs from the last delivered version)."""
+    a brute-force comparison of snapshots (pending: differs from the last delivered version).
+    With ``workers``, every subtree below the top directory is read by scan worker processes."""
     workdir = tempfile.mkdtemp(prefix="pathindex-property-")
     try:
         root = os.path.join(workdir, "src")
@@ -376,7 +432,7 @@ def check_property(rounds, compare):
             deliver = False
             for edit in edits:
                 deliver = apply_edit(root, edit, clock) == "deliver" or deliver
-            report = index.scan(root, sample_size=10 ** 6)
+            report = index.scan(root, sample_size=10 ** 6, workers=workers, min_dirs=0, subtrees_per_worker=1)
             current = snapshot(root)
 
             def differs(old, new):
@@ -412,9 +468,9 @@ if HAS_HYPOTHESIS:
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(rounds=st.lists(st.lists(edit, min_size=1, max_size=8), min_size=1, max_size=6),
-           compare=st.sampled_from(["mtime", "mtime_size"]))
-    def test_property_changes_equal_brute_force(rounds, compare):
-        check_property(rounds, compare)
+           compare=st.sampled_from(["mtime", "mtime_size"]), workers=st.sampled_from([1, 2]))
+    def test_property_changes_equal_brute_force(rounds, compare, workers):
+        check_property(rounds, compare, workers)
 
 
 @pytest.mark.parametrize("seed", range(15))
@@ -422,4 +478,4 @@ def test_property_seeded(seed):
     rng = random.Random(seed)
     rounds = [[(rng.choice(EDIT_KINDS), rng.choice(DIRS), rng.choice(NAMES), rng.randrange(4))
                for _edit in range(rng.randrange(1, 10))] for _round in range(rng.randrange(1, 7))]
-    check_property(rounds, ["mtime", "mtime_size", "hash"][seed % 3])
+    check_property(rounds, ["mtime", "mtime_size", "hash"][seed % 3], workers=1 + seed % 2)
