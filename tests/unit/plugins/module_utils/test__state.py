@@ -158,16 +158,34 @@ def test_bulk_upsert_keeps_the_last_of_repeated_keys(state_db_url):
     db.close()
 
 
-@pytest.mark.parametrize("path", [
+HOSTILE_PATHS = [
     "/tab\there", "/new\nline", "/back\\slash\\N", "/carriage\rreturn", "/ünïcødé/データ", "/-leading dash",
     "/$(touch pwned)", "/quote'\"", "/percent %s ?",
-])
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
 def test_bulk_upsert_round_trips_hostile_text(state_db_url, path):
     db = open_state(state_db_url)
     db.upsert("transfer_items", [item(1, source_path=path, last_error=None)], key=ITEM_KEY)
     row = db.query_one("SELECT source_path, last_error FROM transfer_items")
     assert row == {"source_path": path, "last_error": None}
     assert db.scalar("SELECT count(*) FROM transfer_items WHERE source_path = ?", (path,)) == 1
+    db.close()
+
+
+def test_bulk_upsert_round_trips_columns_of_mixed_values(state_db_url):
+    # Plain and hostile strings, numbers and NULLs in the same columns of one bulk upsert.
+    paths = ["/plain/%d" % n for n in range(50)] + HOSTILE_PATHS
+    rows = [item(n, source_path=path, attempts=n % 3, next_attempt_at=None if n % 4 else 1.5 + n,
+                 bytes=10 ** 12 + n, last_error=path if n % 2 else None) for n, path in enumerate(paths)]
+    db = open_state(state_db_url)
+    assert db.upsert("transfer_items", rows, key=ITEM_KEY) == len(rows)
+    stored = db.query("SELECT source_path, attempts, next_attempt_at, bytes, last_error FROM transfer_items "
+                      "ORDER BY bytes")
+    assert [dict(r) for r in stored] == [
+        dict(source_path=r["source_path"], attempts=r["attempts"], next_attempt_at=r["next_attempt_at"],
+             bytes=r["bytes"], last_error=r["last_error"]) for r in rows]
     db.close()
 
 
