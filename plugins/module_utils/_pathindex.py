@@ -538,7 +538,8 @@ class ScanWorkers(object):
             raise
 
     def run(self, tasks):
-        """Yields each task's (diffs, report) as soon as a worker has it; one task per worker at a time."""
+        """Yields each task's (diffs, report) as soon as a worker has it; one task (a list of
+        subtrees) per worker at a time."""
         tasks = iter(tasks)
         busy = set()
         for conn in self.conns:
@@ -601,12 +602,15 @@ def _scan_worker(conn, inherited, setup):
             conn.send(("error", failure))
             continue
         report = ScanReport(sample_size)
-        try:
-            diffs = TreeReader(db, digest_size, include, exclude, skip_rel, report).read_subtree(root_fd, *task)
-        except (OSError, sqlite3.Error) as exc:
-            conn.send(("error", "%s: %s" % (task[1], exc)))
-            continue
-        conn.send(("done", (diffs, report)))
+        reader = TreeReader(db, digest_size, include, exclude, skip_rel, report)
+        diffs, error = [], None
+        for subtree in task:
+            try:
+                diffs.extend(reader.read_subtree(root_fd, *subtree))
+            except (OSError, sqlite3.Error) as exc:
+                error = "%s: %s" % (subtree[1], exc)
+                break
+        conn.send(("error", error) if error else ("done", (diffs, report)))
 
 
 # -- the index file ----------------------------------------------------------------------------
@@ -961,7 +965,11 @@ class PathIndex(object):
                     take(dir_fd, rel, found)
             finally:
                 os.close(dir_fd)
-        for diffs, part in pool.run(subtrees):
+        # Many small subtrees (a flat tree) go out several to a message.
+        subtrees = list(subtrees)
+        batch = max(1, len(subtrees) // (wanted * 4))
+        tasks = [subtrees[start:start + batch] for start in range(0, len(subtrees), batch)]
+        for diffs, part in pool.run(tasks):
             report.merge(part)
             for diff in diffs:
                 dir_fd = open_below(root_fd, diff.rel, report)

@@ -330,7 +330,7 @@ def parallel_tree(root, dirs=12, files=5):
 
 
 def test_scan_workers_read_the_subtrees_and_find_what_one_process_finds(tmp_path, src, monkeypatch):
-    parallel_tree(src)
+    parallel_tree(src, dirs=24)  # 24 subtrees for two workers: sent three to a message
     serial, parallel = open_index(tmp_path, name="serial.sqlite"), open_index(tmp_path, name="parallel.sqlite")
     for index in (serial, parallel):
         index.scan(src)
@@ -349,14 +349,14 @@ def test_scan_workers_read_the_subtrees_and_find_what_one_process_finds(tmp_path
 
     monkeypatch.setattr(_pathindex.TreeReader, "read_subtree", read_subtree)
     one = serial.scan(src, sample_size=1000).as_dict()
-    many = parallel.scan(src, sample_size=1000, workers=2, min_dirs=0, subtrees_per_worker=2).as_dict()
+    many = parallel.scan(src, sample_size=1000, workers=2, min_dirs=0, subtrees_per_worker=1).as_dict()
     pids = set(int(line) for line in open(readers))
     assert os.getpid() not in pids and len(pids) == 2  # both workers read, this process did not
     assert many[0] == one[0], (many[0], one[0])
     assert (one[0]["modified"], one[0]["new"], one[0]["deleted"]) == (1, 1, 6), one
     assert dict((k, sorted(v)) for k, v in many[1].items()) == dict((k, sorted(v)) for k, v in one[1].items())
     assert pending_paths(parallel) == pending_paths(serial)
-    assert parallel.total_files() == serial.total_files() == 12 * 5 - 1 - 5 + 1
+    assert parallel.total_files() == serial.total_files() == 24 * 5 - 1 - 5 + 1
 
 
 def test_a_dead_scan_worker_fails_the_scan_and_writes_nothing(tmp_path, src, monkeypatch):
