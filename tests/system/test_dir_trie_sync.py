@@ -521,6 +521,11 @@ def test_sigkill_during_scan_commit_and_submission(ansible, emulator, tmp_path, 
         emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
     assert sum(killed.values()) >= 30 and min(killed.values()) >= 3, killed
     assert_replicated(root, str(emulator.root / "dst" / "killed" / name))
+    assert_each_version_sent_once(emulator, name, versions, state_db, _pathindex.index_path(str(tmp_path), name))
+
+
+def assert_each_version_sent_once(emulator, name, versions, state_db, index):
+    """No file was carried by more tasks than it had versions; every task recorded and settled."""
     carried = {}
     for path in task_paths(emulator)[DST]:
         carried[path] = carried.get(path, 0) + 1
@@ -529,4 +534,57 @@ def test_sigkill_during_scan_commit_and_submission(ansible, emulator, tmp_path, 
     assert not twice, twice
     rows = db_rows(state_db, "SELECT submission_id, status FROM globus_tasks")
     assert len(rows) == len(emulator.tasks()) and all(r["status"] == "SUCCEEDED" for r in rows)
-    assert index_rows(_pathindex.index_path(str(tmp_path), name), "SELECT count(*) FROM subs") == [(0,)]
+    assert index_rows(index, "SELECT count(*) FROM subs") == [(0,)]
+
+
+def test_playbook_runs_killed_at_random_moments(ansible, emulator, tmp_path):
+    """24 ansible-playbook runs over a tree wide enough for scan workers, each killed (whole
+    process group) at a random moment, the tree edited between them; then runs to the end."""
+    name = "p" + uuid.uuid4().hex[:8]
+    root = str(emulator.root / "src" / name)
+    rng = random.Random(20241125)
+    versions = {}
+    stamp = [time.time() - 3600]
+
+    def put(rel):
+        stamp[0] += 2  # Globus compares mtimes in whole seconds
+        write(os.path.join(root, rel), os.urandom(rng.randrange(10, 100)), stamp[0])
+        versions[rel] = versions.get(rel, 0) + 1
+
+    for number in range(250):
+        put("r%02d/s%d/f%03d.dat" % (number // 10, number % 10, number))
+    state_db = str(tmp_path / "state.db")
+    args = {"job": name, "src_dir": root, "source_collection": SRC, "source_path": "/" + name,
+            "destinations": [{"collection": DST, "path": "/killed/" + name}], "state_db": state_db,
+            "index_dir": str(tmp_path), "items_per_task": 20, "max_submissions_per_run": 20, "max_active_tasks": 50,
+            "scan_workers": 2, "skip_source_errors": True, "lock_file": str(tmp_path / "job.lock"),
+            "lock_timeout": 30}
+    emulator.configure(limits={"max_active_tasks": 100, "max_pending_tasks": 1000, "requests_per_second": 1000})
+    killed = 0
+    try:
+        run(ansible, emulator, args)  # a first index, so that the killed runs scan with workers
+        for trial in range(24):
+            for rel in rng.sample(sorted(versions), 3):
+                put(rel)
+            put("new/t%02d/f.dat" % trial)
+            process, _result_file = ansible.playbook(MODULE, args, name="kill", extra_env=client_env(emulator),
+                                                     new_session=True)
+            try:
+                process.communicate(timeout=rng.uniform(0.5, 3.0))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                killed += 1
+        for _round in range(6):
+            emulator.wait_idle(timeout=60)
+            final = run(ansible, emulator, args)
+            if final["pending"] == 0 and not final["tasks"] and final["open_tasks"] == 0:
+                break
+        else:
+            raise AssertionError("not converged: %s" % final)
+    finally:
+        emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
+    assert killed >= 8, killed  # the trials really interrupted runs
+    assert final["scan_workers"] == 2
+    assert_replicated(root, str(emulator.root / "dst" / "killed" / name))
+    assert_each_version_sent_once(emulator, name, versions, state_db, _pathindex.index_path(str(tmp_path), name))
