@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,18 @@ class PlaybookRunner(object):
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=new_session)
         return process, result_file
+
+    def run_killed_after(self, module, args, seconds, **kwargs):
+        """Run, and SIGKILL the whole run (its process group) if it is still going after
+        ``seconds``; returns whether it was killed."""
+        process, _result_file = self.playbook(module, args, new_session=True, **kwargs)
+        try:
+            process.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return True
+        return False
 
     def run(self, module, args, **kwargs):
         """Run to completion; returns (result dict, ansible-playbook output)."""

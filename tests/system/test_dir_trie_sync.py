@@ -510,18 +510,22 @@ def test_sigkill_during_scan_commit_and_submission(ansible, emulator, tmp_path, 
                 assert '"failed": true' not in process.stdout, (point, process.stdout[-2000:], process.stderr[-2000:])
             if trial % 4 == 3:
                 emulator.wait_idle(timeout=60)
-        for _round in range(6):
-            emulator.wait_idle(timeout=60)
-            final = run(ansible, emulator, args)
-            if final["pending"] == 0 and not final["tasks"] and final["open_tasks"] == 0:
-                break
-        else:
-            raise AssertionError("not converged: %s" % final)
+        run_until_replicated(ansible, emulator, args)
     finally:
         emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
     assert sum(killed.values()) >= 30 and min(killed.values()) >= 3, killed
     assert_replicated(root, str(emulator.root / "dst" / "killed" / name))
     assert_each_version_sent_once(emulator, name, versions, state_db, _pathindex.index_path(str(tmp_path), name))
+
+
+def run_until_replicated(ansible, emulator, args, rounds=6):
+    """Runs to the end after interrupted ones: until nothing is pending, in flight or sent."""
+    for _round in range(rounds):
+        emulator.wait_idle(timeout=60)
+        final = run(ansible, emulator, args)
+        if final["pending"] == 0 and not final["tasks"] and final["open_tasks"] == 0:
+            return final
+    raise AssertionError("not converged: %s" % final)
 
 
 def assert_each_version_sent_once(emulator, name, versions, state_db, index):
@@ -567,21 +571,9 @@ def test_playbook_runs_killed_at_random_moments(ansible, emulator, tmp_path):
             for rel in rng.sample(sorted(versions), 3):
                 put(rel)
             put("new/t%02d/f.dat" % trial)
-            process, _result_file = ansible.playbook(MODULE, args, name="kill", extra_env=client_env(emulator),
-                                                     new_session=True)
-            try:
-                process.communicate(timeout=rng.uniform(0.5, 3.0))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
-                killed += 1
-        for _round in range(6):
-            emulator.wait_idle(timeout=60)
-            final = run(ansible, emulator, args)
-            if final["pending"] == 0 and not final["tasks"] and final["open_tasks"] == 0:
-                break
-        else:
-            raise AssertionError("not converged: %s" % final)
+            killed += ansible.run_killed_after(MODULE, args, rng.uniform(0.5, 3.0), name="kill",
+                                               extra_env=client_env(emulator))
+        final = run_until_replicated(ansible, emulator, args)
     finally:
         emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
     assert killed >= 8, killed  # the trials really interrupted runs

@@ -9,8 +9,6 @@ import filecmp
 import json
 import os
 import random
-import signal
-import subprocess
 import time
 import uuid
 
@@ -259,14 +257,8 @@ def test_sigkill_at_random_points_never_double_submits(ansible, emulator, tmp_pa
     killed = 0
     try:
         for trial in range(30):
-            process, _result_file = ansible.playbook("scidata.replication.globus_transfer", args(2 * (trial + 1)),
-                                                     name="kill", extra_env=client_env(emulator), new_session=True)
-            try:
-                process.communicate(timeout=rng.uniform(0.3, 2.5))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
-                killed += 1
+            killed += ansible.run_killed_after("scidata.replication.globus_transfer", args(2 * (trial + 1)),
+                                               rng.uniform(0.3, 2.5), name="kill", extra_env=client_env(emulator))
         final = run(ansible, emulator, "globus_transfer", args(60))
         assert final["routes"]["k"]["counts"]["PENDING"] == 0
     finally:
