@@ -37,7 +37,8 @@ options:
     description:
       - File locked with C(flock) for the duration of a run, so that two runs of the same job never
         overlap (for example a cron job that outlasts its interval).
-      - Defaults to a file named after the module and job under E(XDG_RUNTIME_DIR) or C(~/.cache).
+      - Defaults to a file named after the module and job under C(~/.cache/scidata-replication/locks) of
+        the user running the module, the same for a scheduled run and one started from a login session.
       - If not set, the value of E(SCIDATA_LOCK_FILE) is used.
     type: path
   lock_timeout:

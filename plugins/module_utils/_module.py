@@ -56,8 +56,9 @@ GLOBUS_ARGUMENT_SPEC = dict(
 
 
 def default_lock_path(module_name, job=None):
-    """Per-user lock directory; one lock file per module and job."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    """Per-user lock directory; one lock file per module and job. Not XDG_RUNTIME_DIR: a login
+    session has it and cron does not, and both must meet on the same lock."""
+    base = os.path.join(os.path.expanduser("~"), ".cache")
     name = module_name if job is None else "%s-%s" % (module_name, "".join(c if c.isalnum() or c in "-_." else "_" for c in job))
     return os.path.join(base, "scidata-replication", "locks", name + ".lock")
 

@@ -31,8 +31,9 @@ The scan walks directory by directory with ``os.scandir`` on directory file desc
 the stack of open ancestors, so memory stays flat as the tree grows (it grows with the largest
 directory). Every directory is read every run: a file rewritten in place does not change its
 directory's mtime. Once the index knows a few hundred directories, forked ``ScanWorkers`` read
-subtrees beside the index in parallel (``TreeReader``, which writes nothing) and send back only
-the directories that differ; the scanning process writes those (``PathIndex._record``).
+subtrees beside the index in parallel (``TreeReader``, which writes nothing; the index is in WAL
+mode meanwhile) and send back, in parts, only the directories that differ; the scanning process
+writes those (``PathIndex._record``).
 
 Nothing here uses AnsibleModule; ``DirTrieSync`` needs a StateDB and a TransferClient.
 """
@@ -42,6 +43,7 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
+import ctypes
 import datetime
 import decimal
 import fnmatch
@@ -53,6 +55,7 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -97,6 +100,9 @@ COMMIT_EVERY = 50000
 PARALLEL_MIN_DIRS = 200
 SUBTREES_PER_WORKER = 16
 MAX_SCAN_WORKERS = 8
+# A scan worker sends its diffs in parts of about this many files and subdirectories.
+ENTRIES_PER_MESSAGE = 20000
+PR_SET_PDEATHSIG = 1
 WORKER_DIED = "a scan worker died: nothing it read was written; the next run scans again"
 QUERY_CHUNK = 500
 CACHE_KIB = 2048
@@ -376,17 +382,27 @@ def open_below(root_fd, rel, report):
     return fd
 
 
+def row_check(packed):
+    """What identifies the file positions of a directory's row: its names."""
+    return len(packed.names), zlib.crc32(packed.names_blob or b"")
+
+
 class DirDiff(object):
     """One directory as found on disk against its index row: what the scan must write for it.
 
     ``changed`` holds (position, size, mtime_ns) of files whose size or mtime moved, ``vanished``
     name -> position of files gone, ``dropped`` positions of files now excluded; ``subdirs`` the
     subdirectories on disk as (name, (id, leaf)), with None for the row of a new one, and
-    ``dropped_dirs`` / ``vanished_dirs`` (name, (id, leaf)) of known ones excluded or gone.
+    ``dropped_dirs`` / ``vanished_dirs`` (name, (id, leaf)) of known ones excluded or gone;
+    ``row_check`` identifies the row the positions refer to.
     """
 
-    __slots__ = ("dir_id", "rel", "leaf", "is_leaf", "packed", "added", "changed", "vanished", "dropped",
-                 "subdirs", "dropped_dirs", "vanished_dirs")
+    __slots__ = ("dir_id", "rel", "leaf", "is_leaf", "packed", "row_check", "added", "changed", "vanished",
+                 "dropped", "subdirs", "dropped_dirs", "vanished_dirs")
+
+    def size(self):
+        return (1 + len(self.added) + len(self.changed) + len(self.vanished) + len(self.dropped)
+                + len(self.subdirs))
 
     def needs_writes(self):
         return bool(self.added or self.changed or self.vanished or self.dropped or self.dropped_dirs
@@ -474,40 +490,54 @@ class TreeReader(object):
         subdirs.sort(key=lambda subdir: subdir[0])
         diff = DirDiff()
         diff.dir_id, diff.rel, diff.leaf, diff.packed = dir_id, rel, leaf, packed
+        diff.row_check = row_check(packed)
         diff.is_leaf = 0 if (subdirs or files) else 1
         diff.added, diff.changed, diff.vanished, diff.dropped = added, changed, known, dropped
         diff.subdirs, diff.dropped_dirs, diff.vanished_dirs = subdirs, dropped_dirs, sorted(known_dirs.items())
         return diff
 
     def read_subtree(self, root_fd, dir_id, rel, leaf):
-        """The diffs that need writing in a known subtree (a scan worker's task). A subdirectory
-        new since the last run is left to the scanning process, which gives it an id first."""
-        diffs = []
+        """Yields the diffs that need writing in a known subtree, depth first, with only the
+        directories on the way down open (a scan worker's task). A subdirectory new since the
+        last run is left to the scanning process, which gives it an id first."""
         top_fd = open_below(root_fd, rel, self.report)
         if top_fd is None:
-            return diffs
-        stack = [(top_fd, dir_id, rel, leaf)]
-        while stack:
-            dir_fd, dir_id, rel, leaf = stack.pop()
-            try:
-                diff = self.read(dir_id, dir_fd, rel, leaf)
-                if diff is None:
-                    continue
-                if diff.needs_writes():
-                    diff.packed = None  # the scanning process reads the row again
-                    diffs.append(diff)
-                for name, row in reversed(diff.subdirs):
-                    if row is None:
-                        continue
-                    child_rel = rel + "/" + name
+            return
+        opened = [(top_fd, dir_id, rel, leaf)]  # a directory opened, not read yet
+        stack = []  # the open ancestors: (fd, rel, iterator over their known subdirectories)
+        try:
+            while opened or stack:
+                if opened:
+                    dir_fd, dir_id, rel, leaf = opened.pop()
                     try:
-                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), row[0], child_rel, row[1]))
-                    except OSError as exc:
-                        if not isinstance(exc, FileNotFoundError):
-                            self.report.unreadable.add(child_rel + "/", exc.strerror)
-            finally:
-                os.close(dir_fd)
-        return diffs
+                        diff = self.read(dir_id, dir_fd, rel, leaf)
+                    except BaseException:
+                        os.close(dir_fd)
+                        raise
+                    if diff is None:
+                        os.close(dir_fd)
+                        continue
+                    stack.append((dir_fd, rel, iter([s for s in diff.subdirs if s[1] is not None])))
+                    if diff.needs_writes():
+                        diff.packed = None  # the scanning process reads the row again
+                        yield diff
+                    continue
+                dir_fd, rel, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    os.close(dir_fd)
+                    continue
+                name, row = child
+                child_rel = rel + "/" + name
+                try:
+                    opened.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), row[0], child_rel, row[1]))
+                except OSError as exc:
+                    if not isinstance(exc, FileNotFoundError):
+                        self.report.unreadable.add(child_rel + "/", exc.strerror)
+        finally:
+            for entry in opened + stack:
+                os.close(entry[0])
 
 
 class ScanWorkers(object):
@@ -515,8 +545,8 @@ class ScanWorkers(object):
 
     They are forked while the scanning process holds no connection to the index: an SQLite
     connection must not cross a fork, and a child's own connection to a file its parent has open
-    would share the parent's lock records. Each reads the index through its own connection (the
-    index is in WAL mode, so they read committed rows while the scanning process writes).
+    would share the parent's lock records. Each reads the index (in WAL mode while they run)
+    through its own connection, and src_dir through the descriptor the scanning process opened.
     """
 
     def __init__(self, count, setup):
@@ -527,19 +557,21 @@ class ScanWorkers(object):
         try:
             for _number in range(count):
                 ours, theirs = context.Pipe()
-                process = context.Process(target=_scan_worker, args=(theirs, self.conns + [ours], setup),
-                                          daemon=True)
-                process.start()
-                theirs.close()
                 self.conns.append(ours)
+                try:
+                    process = context.Process(target=_scan_worker, args=(theirs, list(self.conns), setup),
+                                              daemon=True)
+                    process.start()
+                finally:
+                    theirs.close()
                 self.processes.append(process)
         except BaseException:
-            self.close()
+            self.close(kill=True)
             raise
 
     def run(self, tasks):
-        """Yields each task's (diffs, report) as soon as a worker has it; one task (a list of
-        subtrees) per worker at a time."""
+        """Yields (diffs, report) as workers send them: diffs in parts as they go, and each task's
+        report with its last part. One task (a list of subtrees) per worker at a time."""
         tasks = iter(tasks)
         busy = set()
         for conn in self.conns:
@@ -548,14 +580,14 @@ class ScanWorkers(object):
         while busy:
             for conn in multiprocessing.connection.wait(list(busy)):
                 try:
-                    kind, payload = conn.recv()
+                    kind, diffs, report = conn.recv()
                 except EOFError:
                     raise ReplicationError(WORKER_DIED)
                 if kind == "error":
-                    raise ReplicationError("a scan worker failed: %s" % payload)
-                if not self._send(conn, tasks):
+                    raise ReplicationError("a scan worker failed: %s" % diffs)
+                if kind == "done" and not self._send(conn, tasks):
                     busy.discard(conn)
-                yield payload
+                yield diffs, report
 
     @staticmethod
     def _send(conn, tasks):
@@ -567,13 +599,20 @@ class ScanWorkers(object):
                 raise ReplicationError(WORKER_DIED)
         return task is not None
 
-    def close(self):
+    def close(self, kill=False):
+        """Stop the workers: asked to end, or killed (when the scan failed, they may be busy)."""
         for conn in self.conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
+            try:
+                if not kill:
+                    conn.send(None)
+            except (OSError, ValueError):
+                pass
+            finally:
                 conn.close()
+        deadline = time.monotonic() + (0 if kill else 5)
         for process in self.processes:
-            process.join(5)
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
             if process.is_alive():
                 process.kill()
                 process.join()
@@ -581,16 +620,21 @@ class ScanWorkers(object):
 
 def _scan_worker(conn, inherited, setup):
     """A scan worker's loop: read subtrees until told to stop or the scanning process is gone."""
+    parent_pid, index_path, digest_size, root_fd, include, exclude, skip_rel, sample_size = setup
+    _die_with(parent_pid)
     for other in inherited:
         other.close()
-    index_path, digest_size, root, include, exclude, skip_rel, sample_size = setup
+    # The module's stdout carries its result: a worker must neither write to it nor hold it open.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for descriptor in (0, 1, 2):
+        os.dup2(devnull, descriptor)
+    os.close(devnull)
     failure = None
     try:
         db = sqlite3.connect(index_path, isolation_level=None, timeout=30)
         db.execute("PRAGMA query_only = ON")
-        root_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, sqlite3.Error) as exc:
-        failure = "cannot open %s or %s: %s" % (index_path, root, exc)
+    except sqlite3.Error as exc:
+        db, failure = None, "cannot open %s: %s" % (index_path, exc)
     while True:
         try:
             task = conn.recv()
@@ -598,19 +642,41 @@ def _scan_worker(conn, inherited, setup):
             return
         if task is None:
             return
-        if failure:
-            conn.send(("error", failure))
+        if db is None:
+            conn.send(("error", failure, None))
             continue
         report = ScanReport(sample_size)
         reader = TreeReader(db, digest_size, include, exclude, skip_rel, report)
-        diffs, error = [], None
-        for subtree in task:
-            try:
-                diffs.extend(reader.read_subtree(root_fd, *subtree))
-            except (OSError, sqlite3.Error) as exc:
-                error = "%s: %s" % (subtree[1], exc)
-                break
-        conn.send(("error", error) if error else ("done", (diffs, report)))
+        try:
+            diffs = _read_task(conn, reader, root_fd, task)
+        except Exception as exc:  # pylint: disable=broad-except
+            conn.send(("error", "%s: %s" % (type(exc).__name__, exc), None))  # reported by the scanning process
+            continue
+        conn.send(("done", diffs, report))
+
+
+def _read_task(conn, reader, root_fd, task):
+    """Read a task's subtrees, sending their diffs in parts as they grow; returns the last part."""
+    diffs, size = [], 0
+    for subtree in task:
+        for diff in reader.read_subtree(root_fd, *subtree):
+            diffs.append(diff)
+            size += diff.size()
+            if size >= ENTRIES_PER_MESSAGE:
+                conn.send(("part", diffs, None))
+                diffs, size = [], 0
+    return diffs
+
+
+def _die_with(parent_pid):
+    """Have the kernel kill this worker when the scanning process dies (Linux): the worker holds
+    copies of its descriptors, the job's run lock among them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # elsewhere a worker ends when it finds its pipe closed
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 # -- the index file ----------------------------------------------------------------------------
@@ -628,9 +694,12 @@ class PathIndex(object):
         self._pending_writes = 0
         self._scan_state = None
         self._reader = None
+        self.wal = False
 
     # -- connection -------------------------------------------------------------------------
-    def open(self):
+    def open(self, wal=False):
+        """Open (creating) the index; in WAL mode when asked and the file system allows it (scan
+        workers read it while this process writes), in rollback-journal mode otherwise."""
         exists = os.path.exists(self.path)
         try:
             parent = os.path.dirname(self.path)
@@ -640,7 +709,8 @@ class PathIndex(object):
             if not exists:
                 self.conn.execute("PRAGMA page_size = %d" % PAGE_SIZE)
                 self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            mode = self.conn.execute("PRAGMA journal_mode = %s" % ("WAL" if wal else "DELETE")).fetchone()[0]
+            self.wal = mode.lower() == "wal"
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA cache_size = -%d" % CACHE_KIB)
             self.conn.execute("PRAGMA temp_store = FILE")
@@ -872,14 +942,9 @@ class PathIndex(object):
         try:
             known_dirs = self.conn.execute("SELECT count(*) FROM dirs").fetchone()[0]
             if workers > 1 and known_dirs >= min_dirs and not self._in_transaction:
-                # Forked while this process has no connection to the index: see ScanWorkers.
-                self.close()
-                try:
-                    pool = ScanWorkers(workers, (self.path, self.digest_size, root, include, exclude, skip_rel,
-                                                 sample_size))
-                finally:
-                    self.open()
-                report.workers = workers
+                pool = self._start_workers(workers, (os.getpid(), self.path, self.digest_size, root_fd, include,
+                                                     exclude, skip_rel, sample_size))
+                report.workers = workers if pool else 0
             self._reader = TreeReader(self.conn, self.digest_size, include, exclude, skip_rel, report)
             self._scan_state = dict(
                 report=report, gone_dests=list(gone_dests or ()),
@@ -897,6 +962,11 @@ class PathIndex(object):
                     self._walk(root_fd, "", children)
                 else:
                     self._scan_with_workers(pool, root_fd, children, workers * subtrees_per_worker)
+        except BaseException:
+            if pool is not None:
+                pool.close(kill=True)
+                pool = None
+            raise
         finally:
             if pool is not None:
                 pool.close()
@@ -904,6 +974,23 @@ class PathIndex(object):
             self._scan_state = self._reader = None
         report.seconds = time.monotonic() - started
         return report
+
+    def _start_workers(self, count, setup):
+        """Scan workers, or None where the index cannot be shared in WAL mode (then this process
+        scans alone). Forked while this process has no connection to the index: see ScanWorkers."""
+        self.close()
+        try:
+            self.open(wal=True)
+        except StateError:
+            self.open()
+            return None
+        if not self.wal:
+            return None
+        self.close()
+        try:
+            return ScanWorkers(count, setup)
+        finally:
+            self.open(wal=True)
 
     def _walk(self, top_fd, top_rel, children):
         """Scan, depth first, the subdirectories ``children`` of the open directory ``top_fd``."""
@@ -965,18 +1052,23 @@ class PathIndex(object):
                     take(dir_fd, rel, found)
             finally:
                 os.close(dir_fd)
+            self._checkpoint()
         # Many small subtrees (a flat tree) go out several to a message.
         subtrees = list(subtrees)
         batch = max(1, len(subtrees) // (wanted * 4))
         tasks = [subtrees[start:start + batch] for start in range(0, len(subtrees), batch)]
         for diffs, part in pool.run(tasks):
-            report.merge(part)
+            if part is not None:
+                report.merge(part)
             for diff in diffs:
                 dir_fd = open_below(root_fd, diff.rel, report)
                 if dir_fd is None:
                     continue  # gone since the worker read it: the next run prunes it
                 try:
                     diff.packed = self.load(diff.dir_id)
+                    if row_check(diff.packed) != diff.row_check:
+                        raise StateError("the index %s changed under this scan: another process writes to it"
+                                         % self.path)
                     found = self._record(diff, dir_fd)
                     take(dir_fd, diff.rel, [child for child in found if not child[3]])
                 finally:

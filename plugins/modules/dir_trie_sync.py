@@ -180,7 +180,8 @@ options:
         this one writes what they found changed. V(0) means one per CPU this process may use, at most 8;
         V(1) reads the tree in this process alone.
       - Workers are used once the index knows a few hundred directories; a first scan is done in this
-        process.
+        process. While they run, the index is in SQLite's WAL mode, which needs O(index_dir) on a local
+        file system; where the index cannot be switched to it, this process scans alone.
     type: int
     default: 0
   label:

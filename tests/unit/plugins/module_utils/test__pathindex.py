@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import resource
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -16,7 +20,11 @@ import tracemalloc
 import pytest
 
 from ansible_collections.scidata.replication.plugins.module_utils import _pathindex
-from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError, ReplicationError
+from ansible_collections.scidata.replication.plugins.module_utils._errors import (
+    ConfigError,
+    ReplicationError,
+    StateError,
+)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -348,6 +356,7 @@ def test_scan_workers_read_the_subtrees_and_find_what_one_process_finds(tmp_path
         return original(self, *args)
 
     monkeypatch.setattr(_pathindex.TreeReader, "read_subtree", read_subtree)
+    monkeypatch.setattr(_pathindex, "ENTRIES_PER_MESSAGE", 3)  # diffs sent in many parts
     one = serial.scan(src, sample_size=1000).as_dict()
     many = parallel.scan(src, sample_size=1000, workers=2, min_dirs=0, subtrees_per_worker=1).as_dict()
     pids = set(int(line) for line in open(readers))
@@ -376,6 +385,123 @@ def test_a_dead_scan_worker_fails_the_scan_and_writes_nothing(tmp_path, src, mon
     assert pending_paths(index) == []
     report = index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
     assert report.modified.paths == ["run02/scan0/f002"] and pending_paths(index) == ["run02/scan0/f002"]
+
+
+def test_scan_workers_hold_only_the_directories_on_the_way_down_open(tmp_path, src):
+    # 300 subdirectories under one: a worker that opened them all at once would run out of
+    # descriptors under this limit and miss the change at the bottom.
+    for number in range(300):
+        write(src, "wide/s%03d/f" % number, b"x", BASE * 10 ** 9)
+    write(src, "other/f", b"x", BASE * 10 ** 9)
+    index = open_index(tmp_path)
+    index.scan(src)
+    deliver_all(index)
+    write(src, "wide/s250/f", b"changed", BASE * 10 ** 9 + 7)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    try:
+        report = index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.workers == 2 and report.unreadable.count == 0, report.unreadable.paths
+    assert report.modified.paths == ["wide/s250/f"] and report.directories == 303
+
+
+def test_scan_workers_read_the_tree_the_scan_opened(tmp_path, monkeypatch):
+    # src_dir is a symlink flipped to another tree while the scan starts its workers: they
+    # must go on reading the tree the scan opened, not whatever the path names now.
+    for tree in ("A", "B"):
+        for number in range(6):
+            write(str(tmp_path / tree), "t%d/%s%d" % (number, tree, number), tree.encode())
+    link = str(tmp_path / "current")
+    os.symlink("A", link)
+    index = _pathindex.PathIndex(str(tmp_path / "index.sqlite")).open()
+    index.scan(link)
+    start_workers = _pathindex.PathIndex._start_workers
+
+    def flip_then_start(self, *args):
+        os.unlink(link)
+        os.symlink("B", link)
+        return start_workers(self, *args)
+
+    monkeypatch.setattr(_pathindex.PathIndex, "_start_workers", flip_then_start)
+    report = index.scan(link, workers=2, min_dirs=0, subtrees_per_worker=1)
+    assert report.workers == 2 and (report.new.count, report.deleted.count, report.unchanged) == (0, 0, 6)
+
+
+def test_a_diff_for_a_row_that_changed_meanwhile_is_refused(tmp_path, src, monkeypatch):
+    # Positions in a worker's diff refer to the row it read; if another writer changed that row,
+    # the scan stops and writes nothing rather than apply them to the wrong files.
+    parallel_tree(src)
+    index = open_index(tmp_path)
+    index.scan(src)
+    write(src, "run04/scan0/f004", b"changed", BASE * 10 ** 9 + 9)
+    run = _pathindex.ScanWorkers.run
+
+    def run_with_other_rows(self, tasks):
+        for diffs, report in run(self, tasks):
+            for diff in diffs:
+                diff.row_check = (diff.row_check[0] + 1, diff.row_check[1])
+            yield diffs, report
+
+    monkeypatch.setattr(_pathindex.ScanWorkers, "run", run_with_other_rows)
+    with pytest.raises(StateError, match="changed under this scan"):
+        index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
+    monkeypatch.undo()
+    assert index.scan(src).modified.paths == ["run04/scan0/f004"]
+
+
+KILLED_SCANNER = r"""
+import fcntl, os, sys, time
+from ansible_collections.scidata.replication.plugins.module_utils import _pathindex
+src, index_path, lock_path = sys.argv[1:4]
+lock = open(lock_path, "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+original = _pathindex.TreeReader.read
+
+def slow_read(self, *args):
+    time.sleep(0.1)  # a subtree takes a worker about 10 s
+    return original(self, *args)
+
+_pathindex.TreeReader.read = slow_read
+index = _pathindex.PathIndex(index_path).open()
+print("scanning", flush=True)
+index.scan(src, workers=2, min_dirs=0, subtrees_per_worker=1)
+"""
+
+
+def test_scan_workers_die_with_the_scanning_process(tmp_path, src, python_env):
+    # The module holds its run lock and stdout; workers must not keep them after it is killed.
+    for number in range(200):
+        write(src, "d%d/s%03d/f" % (number % 2, number), b"x")
+    index_file = str(tmp_path / "index.sqlite")
+    index = _pathindex.PathIndex(index_file).open()
+    index.scan(src)
+    index.close()
+    script, lock_path = str(tmp_path / "scanner.py"), str(tmp_path / "job.lock")
+    with open(script, "w") as handle:
+        handle.write(KILLED_SCANNER)
+    scanner = subprocess.Popen([sys.executable, script, src, index_file, lock_path], env=python_env,
+                               stdout=subprocess.PIPE, text=True)
+    assert scanner.stdout.readline() == "scanning\n"
+    children = "/proc/%d/task/%d/children" % (scanner.pid, scanner.pid)
+    deadline = time.monotonic() + 30
+    workers = []
+    while len(workers) < 2:
+        assert time.monotonic() < deadline and scanner.poll() is None
+        time.sleep(0.05)
+        workers = open(children).read().split()
+    time.sleep(0.3)  # the workers are reading
+    scanner.kill()
+    scanner.wait()
+    deadline = time.monotonic() + 2
+    while any(os.path.exists("/proc/%s" % pid) and open("/proc/%s/stat" % pid).read().split()[2] != "Z"
+              for pid in workers):
+        assert time.monotonic() < deadline, "scan workers outlived the scanning process"
+        time.sleep(0.05)
+    assert scanner.stdout.read() == ""  # end of file: nobody holds the output open any more
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # -- property: the scan's changes equal a brute-force comparison ---------------------------------
