@@ -103,7 +103,7 @@ MAX_SCAN_WORKERS = 8
 # A scan worker sends its diffs in parts of about this many files and subdirectories.
 ENTRIES_PER_MESSAGE = 20000
 PR_SET_PDEATHSIG = 1
-WORKER_DIED = "a scan worker died: nothing it read was written; the next run scans again"
+WORKER_DIED = "a scan worker died: the scan stopped, what it had written stays consistent, the next run scans again"
 QUERY_CHUNK = 500
 CACHE_KIB = 2048
 PAGE_SIZE = 16384
