@@ -294,7 +294,7 @@ def test_delete_after_success_only_unmodified_and_fully_replicated(ansible, emul
 
     planned = run(ansible, emulator, "globus_transfer", args, check=True)
     deletions = planned["routes"]["move"]["deletions"]
-    assert deletions["scheduled"] == ["/" + deletable]
+    assert deletions["scheduled"] == ["/" + deletable], (planned["routes"], emulator.tasks())
     assert sorted(b["source"] for b in deletions["blocked"]) == sorted(["/" + modified, "/" + kept_for_other_route])
     assert os.path.isdir(os.path.join(str(emulator.root / "src"), deletable))
 
