@@ -170,6 +170,8 @@ options:
     description:
       - Delete a source path (with a Globus delete task) once every item with that source, on every
         route, has SUCCEEDED, and only if nothing under it was modified after its transfer started.
+        Globus gives both times in whole seconds, so a change in the same second as the transfer request
+        counts as after it and keeps the source.
       - Sources that are kept are reported in RV(routes[].deletions.blocked) with the reason.
     type: bool
     default: false

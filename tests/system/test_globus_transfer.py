@@ -279,6 +279,12 @@ def test_delete_after_success_only_unmodified_and_fully_replicated(ansible, emul
     name, datasets = tree
     state_db = str(tmp_path / "state.db")
     kept_for_other_route, modified, deletable = datasets[2], datasets[1], datasets[0]
+    # Written a minute ago: a change in the same whole second as the transfer request would
+    # rightly count as made after it (Globus reports both in whole seconds).
+    minute_ago = time.time() - 60
+    for directory, dirs, files in os.walk(str(emulator.root / "src" / name)):
+        for entry in dirs + files:
+            os.utime(os.path.join(directory, entry), (minute_ago, minute_ago))
     args = {"state_db": state_db, "delete_after_success": True,
             "routes": [{"name": "move", "source_collection": SRC, "items": [deletable, modified, kept_for_other_route],
                         "destinations": [{"collection": DST, "prefix": "/moved"}]},
@@ -294,7 +300,7 @@ def test_delete_after_success_only_unmodified_and_fully_replicated(ansible, emul
 
     planned = run(ansible, emulator, "globus_transfer", args, check=True)
     deletions = planned["routes"]["move"]["deletions"]
-    assert deletions["scheduled"] == ["/" + deletable], (planned["routes"], emulator.tasks())
+    assert deletions["scheduled"] == ["/" + deletable], planned["routes"]
     assert sorted(b["source"] for b in deletions["blocked"]) == sorted(["/" + modified, "/" + kept_for_other_route])
     assert os.path.isdir(os.path.join(str(emulator.root / "src"), deletable))
 
