@@ -22,11 +22,13 @@ import posixpath
 import string
 import time
 
-from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError, GlobusError
 from ansible_collections.scidata.replication.plugins.module_utils._globus import api_errors, submit_exactly_once
 
 ITEM_KEY = ["route", "source_path", "destination_collection", "destination_path"]
 OPEN_TASK_STATUSES = ("UNSUBMITTED", "ACTIVE", "INACTIVE")
+# Items that finished without every file at the destination; retried after a backoff.
+RETRIED_ITEM_STATUSES = ("FAILED", "PARTIAL")
 TERMINAL_TASK_STATUSES = ("SUCCEEDED", "FAILED")
 TASK_LIST_PAGE = 1000
 EVENT_PAGE = 1000
@@ -219,8 +221,8 @@ def eligible_items(db, route, limit, now, policy):
                      "ORDER BY source_path %s, destination_collection LIMIT %d" % (columns, order, int(limit)),
                      (route["name"],))
     if len(items) < limit:
-        for item in db.query("SELECT %s, updated_at FROM transfer_items WHERE route = ? AND status = 'FAILED' "
-                             "AND attempts < ? ORDER BY updated_at" % columns,
+        for item in db.query("SELECT %s, updated_at FROM transfer_items WHERE route = ? AND status IN %s "
+                             "AND attempts < ? ORDER BY updated_at" % (columns, _sql_list(RETRIED_ITEM_STATUSES)),
                              (route["name"], policy["max_attempts"])):
             if item["updated_at"] + backoff_seconds(item["attempts"], policy["retry_backoff"],
                                                     policy["retry_backoff_max"]) <= now:
@@ -285,7 +287,7 @@ def describe_batch(route, destination, items, retry_level):
 
 
 def route_counts(db, route_name):
-    counts = dict(PENDING=0, ACTIVE=0, SUCCEEDED=0, FAILED=0)
+    counts = dict(PENDING=0, ACTIVE=0, SUCCEEDED=0, PARTIAL=0, FAILED=0)
     for row in db.query("SELECT status, count(*) AS n FROM transfer_items WHERE route = ? GROUP BY status",
                         (route_name,)):
         counts[row["status"]] = int(row["n"])
@@ -293,11 +295,31 @@ def route_counts(db, route_name):
 
 
 def exhausted_items(db, route_name, max_attempts):
-    """FAILED items that reached the attempt cap: reported, never retried."""
+    """FAILED or PARTIAL items that reached the attempt cap: reported, never retried."""
     return [dict(source=r["source_path"], destination=r["destination_path"], attempts=r["attempts"],
-                 last_error=r["last_error"]) for r in db.query(
-        "SELECT source_path, destination_path, attempts, last_error FROM transfer_items "
-        "WHERE route = ? AND status = 'FAILED' AND attempts >= ? ORDER BY source_path", (route_name, max_attempts))]
+                 status=r["status"], last_error=r["last_error"]) for r in db.query(
+        "SELECT source_path, destination_path, attempts, status, last_error FROM transfer_items "
+        "WHERE route = ? AND status IN %s AND attempts >= ? ORDER BY source_path" % _sql_list(RETRIED_ITEM_STATUSES),
+        (route_name, max_attempts))]
+
+
+def partial_items(db, route_name):
+    """PARTIAL items with the files their last task skipped (path and error code)."""
+    report = []
+    for row in db.query("SELECT i.source_path, i.destination_path, i.attempts, t.task_id FROM transfer_items i "
+                        "JOIN globus_tasks t ON t.submission_id = i.submission_id WHERE i.route = ? "
+                        "AND i.status = 'PARTIAL' ORDER BY i.source_path", (route_name,)):
+        skipped = [dict(path=f["source_path"], error_code=f["error_code"]) for f in db.query(
+            "SELECT source_path, error_code FROM task_files WHERE task_id = ? AND kind = 'skipped' "
+            "ORDER BY source_path", (row["task_id"],)) if _under(f["source_path"], row["source_path"])]
+        report.append(dict(source=row["source_path"], destination=row["destination_path"], attempts=row["attempts"],
+                           skipped=skipped))
+    return report
+
+
+def _sql_list(values):
+    """Constant strings as an SQL list literal (never user input)."""
+    return "(%s)" % ", ".join("'%s'" % value for value in values)
 
 
 # -- deleting sources after success ---------------------------------------------------------
@@ -315,27 +337,34 @@ def deletion_candidates(db, route_name):
         (route_name,))
     candidates, blocked = [], []
     for row in rows:
-        pending = db.query("SELECT DISTINCT route FROM transfer_items WHERE source_collection = ? AND source_path = ? "
-                           "AND status <> 'SUCCEEDED' ORDER BY route", (row["source_collection"], row["source_path"]))
+        pending = db.query("SELECT DISTINCT route, status FROM transfer_items WHERE source_collection = ? "
+                           "AND source_path = ? AND status <> 'SUCCEEDED' ORDER BY route, status",
+                           (row["source_collection"], row["source_path"]))
         if pending:
             blocked.append(dict(source=row["source_path"], reason="not yet replicated by route %s"
-                                % ", ".join(r["route"] for r in pending)))
+                                % ", ".join("%s (%s)" % (r["route"], r["status"]) for r in pending)))
         else:
             candidates.append(row)
+    for row in db.query("SELECT source_path, last_error FROM transfer_items WHERE route = ? AND status = 'PARTIAL' "
+                        "ORDER BY source_path, destination_collection", (route_name,)):
+        if row["source_path"] not in [b["source"] for b in blocked]:
+            blocked.append(dict(source=row["source_path"], reason="PARTIAL: %s" % row["last_error"]))
     return candidates, blocked
 
 
-def newest_modification(client, collection, path, recursive):
-    """The newest ``last_modified`` (epoch seconds) of the path and, for a directory, of
-    everything below it, listed through the Transfer API."""
+def list_files(client, collection, path, recursive):
+    """The files at ``path`` (a file, or for a directory everything below it) listed through the
+    Transfer API: ``({path relative to it: size}, newest last_modified in epoch seconds)``."""
     if not path.endswith("/") and not recursive:
         directory, name = posixpath.split(path)
         with api_errors("list %s on %s" % (directory, collection), collection=collection):
             entries = client.operation_ls(collection, path=directory or "/", filter="name:" + name)["DATA"]
-        return max([parse_time(e["last_modified"]) for e in entries] or [None], key=lambda v: v or 0)
-    newest, pending = None, [path]
+        files = dict(("", e.get("size")) for e in entries if e.get("type") != "dir")
+        return files, max([parse_time(e["last_modified"]) for e in entries] or [None], key=lambda v: v or 0)
+    files, newest, pending = {}, None, [""]
     while pending:
-        directory = pending.pop()
+        relative = pending.pop()
+        directory = join_path(path, relative) if relative else path
         offset = 0
         while True:
             with api_errors("list %s on %s" % (directory, collection), collection=collection):
@@ -343,23 +372,51 @@ def newest_modification(client, collection, path, recursive):
             for entry in page["DATA"]:
                 modified = parse_time(entry.get("last_modified"))
                 newest = modified if newest is None or (modified or 0) > newest else newest
+                name = posixpath.join(relative, entry["name"])
                 if entry.get("type") == "dir":
-                    pending.append(join_path(directory, entry["name"]) + "/")
+                    pending.append(name + "/")
+                else:
+                    files[name] = entry.get("size")
             offset += len(page["DATA"])
             if not page["DATA"] or offset >= page.get("total", offset):
                 break
-    return newest
+    return files, newest
+
+
+def missing_at_destinations(db, client, row, source_files):
+    """Source files that some destination of this source path does not hold (absent, or another
+    size), as ``destination collection:path`` strings."""
+    missing = []
+    for item in db.query("SELECT destination_collection, destination_path FROM transfer_items "
+                         "WHERE source_collection = ? AND source_path = ? ORDER BY destination_collection, "
+                         "destination_path", (row["source_collection"], row["source_path"])):
+        held, _newest = list_files(client, item["destination_collection"], item["destination_path"], row["recursive"])
+        missing.extend("%s:%s" % (item["destination_collection"], join_path(item["destination_path"], name)
+                                  if name else item["destination_path"])
+                       for name, size in sorted(source_files.items()) if name not in held or held[name] != size)
+    return missing
 
 
 def plan_deletions(db, client, route):
-    """Which sources of the route may be deleted now, and why the others may not."""
+    """Which sources of the route may be deleted now, and why the others may not.
+
+    A source is deleted only when nothing under it changed since its transfer started and every
+    destination, listed now, holds each of its files with the same size."""
     candidates, blocked = deletion_candidates(db, route["name"])
     allowed = []
     for row in candidates:
-        newest = newest_modification(client, row["source_collection"], row["source_path"], row["recursive"])
+        try:
+            files, newest = list_files(client, row["source_collection"], row["source_path"], row["recursive"])
+            missing = missing_at_destinations(db, client, row, files)
+        except GlobusError as exc:
+            blocked.append(dict(source=row["source_path"], reason="cannot confirm the replicas: %s" % exc.msg))
+            continue
         if newest is not None and row["request_time"] is not None and newest >= row["request_time"]:
             blocked.append(dict(source=row["source_path"], reason="modified after its transfer started; it will be "
                                 "sent again only if it is registered again"))
+        elif missing:
+            blocked.append(dict(source=row["source_path"], reason="%d file(s) not at a destination: %s"
+                                % (len(missing), ", ".join(missing[:5]))))
         else:
             allowed.append(row)
     return allowed, blocked
@@ -418,6 +475,8 @@ def refresh_tasks(db, client, task_ids):
         chunk = task_ids[start:start + TASK_LIST_PAGE]
         with api_errors("list tasks"):
             documents = client.task_list(filter="task_id:" + ",".join(chunk), limit=TASK_LIST_PAGE)["DATA"]
+        # Read before the write transaction: no lock is held across a network call.
+        skipped = dict((d["task_id"], skipped_files(db, client, d)) for d in documents)
         now = time.time()
         with db.transaction():
             for document in documents:
@@ -437,12 +496,14 @@ def refresh_tasks(db, client, task_ids):
                 if before["status"] != document["status"] or bool(before["is_paused"]) != bool(document.get("is_paused")):
                     changes[document["task_id"]] = document["status"]
                 if document["status"] in TERMINAL_TASK_STATUSES and before["status"] not in TERMINAL_TASK_STATUSES:
-                    settle_items(db, before["submission_id"], document, now, kind=before["kind"])
+                    settle_items(db, before["submission_id"], document, now, kind=before["kind"],
+                                 skipped=skipped[document["task_id"]])
     return changes
 
 
-def settle_items(db, submission_id, document, now, kind="transfer"):
-    """A finished task decides its items: SUCCEEDED, or FAILED (retried later by globus_transfer).
+def settle_items(db, submission_id, document, now, kind="transfer", skipped=()):
+    """A finished task decides its items: SUCCEEDED, PARTIAL (some files under it skipped) or
+    FAILED; PARTIAL and FAILED items are retried later by globus_transfer.
     A finished delete task records the deletion of its sources, or why it failed."""
     if kind == "delete":
         if document["status"] == "SUCCEEDED":
@@ -454,6 +515,14 @@ def settle_items(db, submission_id, document, now, kind="transfer"):
                        ("delete failed: %s" % fatal.get("code", "FAILED"), now, submission_id))
         return
     if document["status"] == "SUCCEEDED":
+        for item_id, files in _skips_per_item(db, submission_id, skipped).items():
+            db.execute("UPDATE transfer_items SET status = 'PARTIAL', last_error = ?, updated_at = ? WHERE id = ?",
+                       (skipped_summary(files), now, item_id))
+        if skipped:
+            db.upsert("task_files", [dict(task_id=document["task_id"], kind="skipped", source_path=d["source_path"],
+                                          destination_path=d.get("destination_path"), error_code=d.get("error_code"),
+                                          error_details=d.get("error_details")) for d in skipped],
+                      key=["task_id", "kind", "source_path"])
         db.execute("UPDATE transfer_items SET status = 'SUCCEEDED', completed_at = ?, updated_at = ?, last_error = NULL "
                    "WHERE submission_id = ? AND status = 'ACTIVE'", (now, now, submission_id))
     else:
@@ -461,6 +530,46 @@ def settle_items(db, submission_id, document, now, kind="transfer"):
         error = "%s: %s" % (fatal.get("code", "FAILED"), fatal.get("description", document.get("nice_status") or ""))
         db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? "
                    "WHERE submission_id = ? AND status = 'ACTIVE'", (error, now, submission_id))
+
+
+def _under(path, item_path):
+    return path == item_path or path.startswith(item_path.rstrip("/") + "/")
+
+
+def _skips_per_item(db, submission_id, skipped):
+    """The skipped files of a task, per item they lie under; a skip no item claims counts
+    against every item of the task (nothing may pass as complete on a guess)."""
+    if not skipped:
+        return {}
+    items = db.query("SELECT id, source_path FROM transfer_items WHERE submission_id = ? AND status = 'ACTIVE'",
+                     (submission_id,))
+    per_item = {}
+    for document in skipped:
+        owners = [i["id"] for i in items if _under(document["source_path"], i["source_path"])] or [i["id"] for i in items]
+        for item_id in owners:
+            per_item.setdefault(item_id, []).append(document)
+    return per_item
+
+
+def skipped_summary(files, shown=5):
+    """``last_error`` of a PARTIAL item: how many files were skipped, the first few with their code."""
+    listed = "; ".join("%s (%s)" % (d["source_path"], d.get("error_code") or "skipped") for d in files[:shown])
+    more = " and %d more" % (len(files) - shown) if len(files) > shown else ""
+    return "%d file(s) skipped, not at the destination: %s%s" % (len(files), listed, more)
+
+
+def skipped_files(db, client, document):
+    """The ``skipped_errors`` of a transfer task that just SUCCEEDED with items to settle.
+
+    Asked only when the request allowed skips and the task does not say it skipped nothing."""
+    row = db.query_one("SELECT t.request FROM globus_tasks t WHERE t.task_id = ? AND t.kind = 'transfer' "
+                       "AND t.status NOT IN ('SUCCEEDED', 'FAILED') AND EXISTS (SELECT 1 FROM transfer_items i "
+                       "WHERE i.submission_id = t.submission_id AND i.status = 'ACTIVE')", (document["task_id"],))
+    if row is None or document["status"] != "SUCCEEDED" or document.get("subtasks_skipped_errors") == 0:
+        return []
+    if not json.loads(row["request"]).get("skip_source_errors"):
+        return []
+    return task_files(client, document["task_id"], "skipped_errors")
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ description:
     paused task (O(routes[].overflow_for)).
   - Failed items are resubmitted after an exponential backoff, with C(sync_level=checksum), until
     O(max_attempts) is reached; then they are reported in RV(routes[].failed_items) and left alone.
+  - An item is C(SUCCEEDED) only when its task succeeded and skipped no file under it; otherwise it is
+    C(PARTIAL), reported in RV(routes[].partial_items) with the skipped files, and retried like a failed item.
   - Every task is submitted exactly once (its submission id is committed to the state database
     before the request), so a run killed at any point can simply be run again.
   - Run M(scidata.replication.globus_task_events) on a schedule as well, to collect task events.
@@ -169,7 +171,8 @@ options:
   delete_after_success:
     description:
       - Delete a source path (with a Globus delete task) once every item with that source, on every
-        route, has SUCCEEDED, and only if nothing under it was modified after its transfer started.
+        route, has SUCCEEDED, only if nothing under it was modified after its transfer started, and
+        only if a listing of every destination shows each of its files there with the same size.
         Globus gives both times in whole seconds, so a change in the same second as the transfer request
         counts as after it and keeps the source.
       - Sources that are kept are reported in RV(routes[].deletions.blocked) with the reason.
@@ -222,17 +225,18 @@ routes:
   sample:
     llnl-alcf:
       registered: 2163
-      counts: {PENDING: 2160, ACTIVE: 3, SUCCEEDED: 0, FAILED: 0}
+      counts: {PENDING: 2160, ACTIVE: 3, SUCCEEDED: 0, PARTIAL: 0, FAILED: 0}
       open_tasks: 3
       paused: false
       reason: null
       failed_items: []
+      partial_items: []
   contains:
     registered:
       description: Items added by this run.
       type: int
     counts:
-      description: Items per status.
+      description: Items per status (C(PENDING), C(ACTIVE), C(SUCCEEDED), C(PARTIAL), C(FAILED)).
       type: dict
     open_tasks:
       description: Tasks of the route not yet finished.
@@ -244,7 +248,17 @@ routes:
       description: Why nothing was submitted on the route, if so.
       type: str
     failed_items:
-      description: Items that reached O(max_attempts); they are not retried.
+      description:
+        - Items that reached O(max_attempts) as C(FAILED) or C(PARTIAL); they are not retried.
+        - Each has C(source), C(destination), C(attempts), C(status) and C(last_error).
+      type: list
+      elements: dict
+    partial_items:
+      description:
+        - Items whose last task succeeded but skipped files under them (O(skip_source_errors)).
+          They are retried like failed items and their sources are never deleted.
+        - Each has C(source), C(destination), C(attempts) and C(skipped), the skipped files with
+          C(path) and C(error_code).
       type: list
       elements: dict
     deletions:
@@ -367,7 +381,8 @@ def run_routes(module, db, client, routes):
         open_tasks, paused = _transfers.route_task_state(db, route["name"])
         report[route["name"]].update(
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
-            reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]))
+            reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]),
+            partial_items=_transfers.partial_items(db, route["name"]))
     changed = bool(tasks or resubmitted or any(r["registered"] for r in report.values()))
     return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted)
 
