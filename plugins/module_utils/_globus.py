@@ -296,20 +296,44 @@ def persist_submission(db, client, job, document, link=None, kind="transfer"):
     return submission_id
 
 
-def post_submission(db, client, submission_id):
+def is_rejection(error):
+    """Whether the service refused the request itself, so resending it can never succeed: a client
+    error other than 401 (credentials), 429 (rate) and 409 too-many-pending (wait and resend)."""
+    status = error.details.get("http_status")
+    if not isinstance(status, int) or not 400 <= status < 500 or status in (401, 429):
+        return False
+    return not (status == 409 and "TooManyPending" in (error.details.get("code") or ""))
+
+
+def post_submission(db, client, submission_id, on_rejected=None):
     """POST a persisted request with its stored submission_id and record the task id.
 
     The service answers ``Accepted`` the first time and ``Duplicate`` (with the original task
     id) for a repeat, so calling this again after a crash never creates a second task.
+    Network errors and 5xx keep the request for the same resend. With ``on_rejected``, a request
+    the service refuses (``is_rejection``) is never sent again: the row becomes REJECTED with the
+    service's message and ``on_rejected(db, submission_id, message)`` runs in the same transaction;
+    the result then has ``code`` Rejected and the ``error``.
     """
     row = db.query_one("SELECT kind, request FROM globus_tasks WHERE submission_id = ?", (submission_id,))
     document = json.loads(row["request"])
     document["submission_id"] = submission_id
-    with api_errors("submit %s %s" % (row["kind"], submission_id)):
-        if row["kind"] == "delete":
-            response = client.submit_delete(document)
-        else:
-            response = client.submit_transfer(document)
+    try:
+        with api_errors("submit %s %s" % (row["kind"], submission_id)):
+            if row["kind"] == "delete":
+                response = client.submit_delete(document)
+            else:
+                response = client.submit_transfer(document)
+    except GlobusError as exc:
+        if on_rejected is None or not is_rejection(exc):
+            raise
+        now = time.time()
+        with db.transaction():
+            db.execute("UPDATE globus_tasks SET status = 'REJECTED', fatal_error = ?, updated_at = ? "
+                       "WHERE submission_id = ? AND status = 'UNSUBMITTED'",
+                       (json.dumps(dict(code=exc.details.get("code"), description=exc.msg)), now, submission_id))
+            on_rejected(db, submission_id, exc.msg)
+        return dict(submission_id=submission_id, task_id=None, code="Rejected", error=exc.msg)
     now = time.time()
     db.execute(
         "UPDATE globus_tasks SET task_id = ?, status = 'ACTIVE', submitted_at = ?, updated_at = ? "
@@ -319,17 +343,17 @@ def post_submission(db, client, submission_id):
     return dict(submission_id=submission_id, task_id=response["task_id"], code=response["code"])
 
 
-def submit_exactly_once(db, client, job, document, link=None, kind="transfer"):
+def submit_exactly_once(db, client, job, document, link=None, kind="transfer", on_rejected=None):
     """Persist, then POST: the one way any module submits a Globus task."""
     submission_id = persist_submission(db, client, job, document, link=link, kind=kind)
-    return post_submission(db, client, submission_id)
+    return post_submission(db, client, submission_id, on_rejected=on_rejected)
 
 
-def resubmit_unconfirmed(db, client, job):
+def resubmit_unconfirmed(db, client, job, on_rejected=None):
     """Re-POST what an earlier run persisted but never saw accepted; returns their results."""
     rows = db.query("SELECT submission_id FROM globus_tasks WHERE job = ? AND status = 'UNSUBMITTED' ORDER BY id",
                     (job,))
-    return [post_submission(db, client, row["submission_id"]) for row in rows]
+    return [post_submission(db, client, row["submission_id"], on_rejected=on_rejected) for row in rows]
 
 
 def unconfirmed_submissions(db, job):

@@ -274,7 +274,7 @@ def submit_batch(db, client, route, destination, items, options, label_template,
             db_.execute("UPDATE transfer_items SET status = 'ACTIVE', submission_id = ?, attempts = attempts + 1, "
                         "updated_at = ? WHERE id = ?", (submission_id, now, item["id"]))
 
-    result = submit_exactly_once(db, client, route["name"], document, link=link)
+    result = submit_exactly_once(db, client, route["name"], document, link=link, on_rejected=reject_items)
     result.update(route=route["name"], items=len(items), sync_level=document["sync_level"], label=label)
     return result
 
@@ -433,7 +433,17 @@ def submit_deletion(db, client, route, rows, label):
             db_.execute("UPDATE transfer_items SET delete_submission_id = ? WHERE source_collection = ? "
                         "AND source_path = ?", (submission_id, row["source_collection"], row["source_path"]))
 
-    return submit_exactly_once(db, client, route["name"], document, link=link, kind="delete")
+    return submit_exactly_once(db, client, route["name"], document, link=link, kind="delete", on_rejected=reject_items)
+
+
+def reject_items(db, submission_id, message):
+    """A request the service refused settles what it carried: its transfer items become FAILED
+    with the service's message (retried per policy), its sources wait for a new delete task."""
+    now = time.time()
+    db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? "
+               "WHERE submission_id = ? AND status = 'ACTIVE'", ("rejected: %s" % message, now, submission_id))
+    db.execute("UPDATE transfer_items SET delete_submission_id = NULL, delete_note = ?, updated_at = ? "
+               "WHERE delete_submission_id = ?", ("delete rejected: %s" % message, now, submission_id))
 
 
 # -- task status refresh --------------------------------------------------------------------

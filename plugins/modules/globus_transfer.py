@@ -282,6 +282,9 @@ routes:
 tasks:
   description:
     - Tasks submitted by this run (in check mode, that would be submitted, with their paths).
+    - A request Globus refused (a client error other than 401, 429 and 409 too many pending tasks)
+      has C(code=Rejected), no C(task_id) and the service's message in C(error). It is never sent
+      again; its items are marked C(FAILED) with that message and retried per O(max_attempts).
   returned: success
   type: list
   elements: dict
@@ -289,7 +292,10 @@ tasks:
     - {route: llnl-alcf, items: 1, task_id: 5a3f2a1e-0000-4000-8000-000000000001, code: Accepted,
        sync_level: mtime, label: "llnl-alcf CMIP6"}
 resubmitted:
-  description: Submissions a previous run had persisted but not seen accepted, submitted again with the same id.
+  description:
+    - Submissions a previous run had persisted but not seen accepted, submitted again with the same id.
+    - Network errors and 5xx answers keep a submission for the next run; a refused one is reported
+      with C(code=Rejected) and C(error), as in RV(tasks).
   returned: success
   type: list
   elements: dict
@@ -359,7 +365,8 @@ def run_routes(module, db, client, routes):
         if module.check_mode:
             resubmitted.extend(dict(route=name, submission_id=s) for s in unconfirmed_submissions(db, name))
         else:
-            resubmitted.extend(dict(r, route=name) for r in resubmit_unconfirmed(db, client, name))
+            resubmitted.extend(dict(r, route=name) for r in resubmit_unconfirmed(db, client, name,
+                                                                                 on_rejected=_transfers.reject_items))
     _transfers.refresh_tasks(db, client, _transfers.open_task_ids(db, jobs=names))
 
     report, tasks, budget = {}, [], params["max_submissions_per_run"]
@@ -383,6 +390,9 @@ def run_routes(module, db, client, routes):
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
             reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]),
             partial_items=_transfers.partial_items(db, route["name"]))
+    for rejected in (r for r in resubmitted + tasks if r.get("code") == "Rejected"):
+        module.warn("route %s: Globus rejected submission %s, which is dropped and its items marked FAILED: %s"
+                    % (rejected["route"], rejected["submission_id"], rejected["error"]))
     changed = bool(tasks or resubmitted or any(r["registered"] for r in report.values()))
     return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted)
 

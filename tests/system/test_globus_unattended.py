@@ -126,3 +126,29 @@ def test_source_is_kept_when_a_destination_lacks_a_file(ansible, emulator, tmp_p
     assert "%s:/confirm/%sa.nc" % (DST, dataset) in deletions["blocked"][0]["reason"]
     assert os.path.isfile(os.path.join(str(emulator.root / "src"), dataset, "a.nc"))
     assert [t["type"] for t in emulator.tasks()] == ["TRANSFER"]
+
+
+def test_rejected_submission_is_dropped_and_other_routes_go_on(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    good, = make_datasets(emulator, 1)
+    args = {"state_db": state_db, "retry_backoff": 3600,
+            "routes": [{"name": "bad", "source_collection": SRC, "source_prefix": "relative", "items": ["x/"],
+                        "destinations": [{"collection": DST, "prefix": "/bad"}]},
+                       {"name": "good", "source_collection": SRC, "items": [good],
+                        "destinations": [{"collection": DST, "prefix": "/good"}]}]}
+    first = run(ansible, emulator, "globus_transfer", args)
+    rejected = [t for t in first["tasks"] if t["route"] == "bad"]
+    assert [t["code"] for t in rejected] == ["Rejected"] and "absolute" in rejected[0]["error"]
+    assert [t["code"] for t in first["tasks"] if t["route"] == "good"] == ["Accepted"]
+    assert any("rejected" in w for w in first.get("warnings", []))
+    rows = db_rows(state_db, "SELECT status, last_error FROM transfer_items WHERE route = 'bad'")
+    assert rows[0]["status"] == "FAILED" and "paths must be absolute" in rows[0]["last_error"]
+    assert db_rows(state_db, "SELECT status FROM globus_tasks WHERE job = 'bad'")[0]["status"] == "REJECTED"
+    emulator.wait_idle()
+
+    # The next run (bad route fixed or not) never sends the refused request again.
+    second = run(ansible, emulator, "globus_transfer", args)
+    assert second["resubmitted"] == [] and second["tasks"] == []
+    posts = emulator.admin("GET", "/_emulator/requests?path=/v0.10/transfer$")["requests"]
+    assert sorted(r["status"] for r in posts if r["method"] == "POST") == [202, 400]
+    assert os.path.isfile(str(emulator.root / "dst" / "good" / good / "a.nc"))
