@@ -194,6 +194,16 @@ MIGRATIONS = [
             )""",
         ],
     ),
+    (
+        2,
+        "Globus tasks: truncated event history, backoff for tasks whose events or files cannot be fetched",
+        [
+            "ALTER TABLE globus_tasks ADD COLUMN events_truncated INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE globus_tasks ADD COLUMN fetch_failures INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE globus_tasks ADD COLUMN fetch_retry_at {float}",
+            "ALTER TABLE globus_tasks ADD COLUMN fetch_error TEXT",
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

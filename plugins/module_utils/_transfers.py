@@ -31,7 +31,10 @@ OPEN_TASK_STATUSES = ("UNSUBMITTED", "ACTIVE", "INACTIVE")
 RETRIED_ITEM_STATUSES = ("FAILED", "PARTIAL")
 TERMINAL_TASK_STATUSES = ("SUCCEEDED", "FAILED")
 TASK_LIST_PAGE = 1000
-EVENT_PAGE = 1000
+# task_event_list serves offset + limit <= 1000: only the newest 1000 events can ever be read.
+EVENT_WINDOW = 1000
+# Waits before fetching events or files again for a task whose last fetch failed.
+FETCH_BACKOFF, FETCH_BACKOFF_MAX = 60, 3600
 LABEL_MAX = 128
 # Globus keeps per-file history (events, successful transfers) for 30 days after completion.
 HISTORY_DAYS = 30
@@ -479,12 +482,23 @@ def open_task_ids(db, jobs=None, task_ids=None, limit=None):
 
 def refresh_tasks(db, client, task_ids):
     """Update tasks from ``task_list`` filtered by id (1000 per call, never one call per task)
-    and settle the items of tasks that finished. Returns {task_id: new status} for changes."""
+    and settle the items of tasks that finished. Returns {task_id: new status} for changes.
+
+    A task missing from the reply is asked for once by id; if the service does not know it for
+    this identity (404), it is LOST (see ``mark_lost``)."""
     changes = {}
     for start in range(0, len(task_ids), TASK_LIST_PAGE):
         chunk = task_ids[start:start + TASK_LIST_PAGE]
         with api_errors("list tasks"):
             documents = client.task_list(filter="task_id:" + ",".join(chunk), limit=TASK_LIST_PAGE)["DATA"]
+        listed = set(d["task_id"] for d in documents)
+        lost = []
+        for task_id in (t for t in chunk if t not in listed):
+            document = visible_task(client, task_id)
+            if document is None:
+                lost.append(task_id)
+            else:
+                documents.append(document)
         # Read before the write transaction: no lock is held across a network call.
         skipped = dict((d["task_id"], skipped_files(db, client, d)) for d in documents)
         now = time.time()
@@ -508,7 +522,44 @@ def refresh_tasks(db, client, task_ids):
                 if document["status"] in TERMINAL_TASK_STATUSES and before["status"] not in TERMINAL_TASK_STATUSES:
                     settle_items(db, before["submission_id"], document, now, kind=before["kind"],
                                  skipped=skipped[document["task_id"]])
+            for task_id in lost:
+                if mark_lost(db, task_id, now):
+                    changes[task_id] = "LOST"
     return changes
+
+
+def visible_task(client, task_id):
+    """The task document, or None when the service answers 404 (not visible to this identity)."""
+    try:
+        with api_errors("read task %s" % task_id):
+            return client.get_task(task_id).data
+    except GlobusError as exc:
+        if exc.details.get("http_status") == 404:
+            return None
+        raise
+
+
+def mark_lost(db, task_id, now):
+    """A task this identity cannot see (other credentials, or gone from the user's history) is
+    LOST: it no longer counts against any cap, its events are not asked for again, its transfer
+    items become FAILED (retried with sync_level checksum) and its delete is planned anew."""
+    row = db.query_one("SELECT submission_id FROM globus_tasks WHERE task_id = ? AND status IN ('ACTIVE', 'INACTIVE')",
+                       (task_id,))
+    if row is None:
+        return False
+    db.execute("UPDATE globus_tasks SET status = 'LOST', nice_status = ?, events_complete = 1, updated_at = ? "
+               "WHERE task_id = ?", ("not visible to this identity", now, task_id))
+    message = lost_message(task_id)
+    db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? "
+               "WHERE submission_id = ? AND status = 'ACTIVE'", (message, now, row["submission_id"]))
+    db.execute("UPDATE transfer_items SET delete_submission_id = NULL, delete_note = ?, updated_at = ? "
+               "WHERE delete_submission_id = ?", (message, now, row["submission_id"]))
+    return True
+
+
+def lost_message(task_id):
+    return ("task %s is LOST: Globus does not show it to these credentials (changed credentials, or the task "
+            "left the history); its items are sent again with sync_level checksum" % task_id)
 
 
 def settle_items(db, submission_id, document, now, kind="transfer", skipped=()):
@@ -583,52 +634,72 @@ def skipped_files(db, client, document):
 
 
 # -- events ---------------------------------------------------------------------------------
-def event_row(task_id, event):
-    """One ``task_events`` row; PROGRESS details are parsed into bytes, Mbps and duration."""
-    details = event.get("details") or ""
-    parsed = {}
-    if event.get("code") == "PROGRESS" and details.startswith("{"):
-        try:
-            parsed = json.loads(details)
-        except ValueError:
-            parsed = {}
-    # The service gives events no id; these four fields tell them apart.
-    fingerprint = hashlib.sha1("\x1f".join(
-        [event.get("time") or "", event.get("code") or "", event.get("description") or "", details]
-    ).encode("utf-8")).hexdigest()
-    return dict(task_id=task_id, time=parse_time(event.get("time")), code=event.get("code") or "",
-                is_error=1 if event.get("is_error") else 0, description=event.get("description"), details=details,
-                bytes=parsed.get("bytes_transferred"), mbps=parsed.get("mbps"), duration=parsed.get("duration"),
-                fingerprint=fingerprint)
+def event_rows(task_id, events):
+    """``task_events`` rows for events given oldest first; PROGRESS details are parsed into bytes,
+    Mbps and duration.
+
+    The service gives events no id: time, code, description and details tell them apart, and
+    identical events (the same error repeated within one second) are told apart by their order."""
+    rows, seen = [], {}
+    for event in events:
+        details = event.get("details") or ""
+        parsed = {}
+        if event.get("code") == "PROGRESS" and details.startswith("{"):
+            try:
+                parsed = json.loads(details)
+            except ValueError:
+                parsed = {}
+        fields = "\x1f".join([event.get("time") or "", event.get("code") or "", event.get("description") or "",
+                              details])
+        repeat = seen.get(fields, 0)
+        seen[fields] = repeat + 1
+        # The first of identical events keeps the fingerprint it always had.
+        fingerprint = hashlib.sha1((fields + ("\x1f#%d" % repeat if repeat else "")).encode("utf-8")).hexdigest()
+        rows.append(dict(task_id=task_id, time=parse_time(event.get("time")), code=event.get("code") or "",
+                         is_error=1 if event.get("is_error") else 0, description=event.get("description"),
+                         details=details, bytes=parsed.get("bytes_transferred"), mbps=parsed.get("mbps"),
+                         duration=parsed.get("duration"), fingerprint=fingerprint))
+    return rows
 
 
 def ingest_events(db, client, task_id, errors_only=False):
-    """Page through the task's events and store the new ones; returns how many were new.
+    """Store the task's events that the service still lists; returns ``(new rows, truncated)``.
 
-    Events come newest first, so only the first pages can hold events not seen before."""
-    known = db.scalar("SELECT events_ingested FROM globus_tasks WHERE task_id = ?", (task_id,)) or 0
+    The service lists only the newest 1000 events (offset + limit <= 1000). A longer history is
+    stored as far as it reaches and the task is marked ``events_truncated``; that is no error."""
     query = {"filter": "is_error:1"} if errors_only else None
-    rows, offset, total = [], 0, None
-    while total is None or offset < total:
-        with api_errors("list events of task %s" % task_id):
-            page = client.task_event_list(task_id, limit=EVENT_PAGE, offset=offset, query_params=query)
-        total = page.get("total", 0)
-        rows.extend(event_row(task_id, event) for event in page["DATA"])
-        offset += EVENT_PAGE
-        if not errors_only and offset >= total - known:
-            break
+    with api_errors("list events of task %s" % task_id):
+        page = client.task_event_list(task_id, limit=EVENT_WINDOW, offset=0, query_params=query)
+    events = page["DATA"]
+    total = page.get("total", len(events))
+    truncated = total > len(events)
+    rows = event_rows(task_id, reversed(events))
     with db.transaction():
         new = db.upsert("task_events", rows, key=["task_id", "fingerprint"])
+        db.execute("UPDATE globus_tasks SET events_truncated = ?, fetch_failures = 0, fetch_retry_at = NULL, "
+                   "fetch_error = NULL WHERE task_id = ?", (1 if truncated else 0, task_id))
         if not errors_only:
             db.execute("UPDATE globus_tasks SET events_ingested = ? WHERE task_id = ?", (total, task_id))
-    return new
+    return new, truncated
 
 
-def tasks_needing_events(db, jobs=None, task_ids=None, limit=None):
+def fetch_failed(db, task_id, error, now):
+    """Book a failed fetch of a task's events or files; returns the seconds until the next try."""
+    failures = (db.scalar("SELECT fetch_failures FROM globus_tasks WHERE task_id = ?", (task_id,)) or 0) + 1
+    wait = backoff_seconds(failures, FETCH_BACKOFF, FETCH_BACKOFF_MAX)
+    db.execute("UPDATE globus_tasks SET fetch_failures = ?, fetch_retry_at = ?, fetch_error = ? WHERE task_id = ?",
+               (failures, now + wait, error, task_id))
+    return wait
+
+
+def tasks_needing_events(db, now, jobs=None, task_ids=None, limit=None):
     """Finished tasks whose events are not complete, oldest completion first (Globus forgets
-    per-file history after 30 days), then open tasks."""
+    per-file history after 30 days), then open tasks; a task whose last fetch failed waits
+    for its backoff."""
     where, params = _task_filter(jobs, task_ids)
-    sql = "SELECT task_id, status, completion_time FROM globus_tasks WHERE events_complete = 0%s" % where
+    sql = ("SELECT task_id, status, completion_time FROM globus_tasks WHERE events_complete = 0 "
+           "AND (fetch_retry_at IS NULL OR fetch_retry_at <= ?)%s" % where)
+    params = [now] + params
     sql += " ORDER BY CASE WHEN status IN ('SUCCEEDED', 'FAILED') THEN 0 ELSE 1 END, completion_time, id"
     if limit:
         sql += " LIMIT %d" % int(limit)

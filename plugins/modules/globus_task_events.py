@@ -15,8 +15,10 @@ description:
     task id (up to 1000 tasks per request, never one request per task), and settles the items of
     tasks that finished (SUCCEEDED, or FAILED to be retried by M(scidata.replication.globus_transfer)).
     An INACTIVE task is not finished.
-  - Collects each task's events, newest pages only, into the database; re-ingesting adds nothing.
-    PROGRESS events are parsed into bytes, Mbps and duration.
+  - Collects each task's events into the database; re-ingesting adds nothing, and identical events
+    in the same second are kept as separate rows. PROGRESS events are parsed into bytes, Mbps and
+    duration. The service lists only the newest 1000 events of a task; a longer history is stored
+    as far as it reaches and reported in RV(events_truncated).
   - Globus forgets a task's per-file history 30 days after it ends, so finished tasks are served
     first and tasks close to that age are reported in RV(history_expiring).
 extends_documentation_fragment:
@@ -91,7 +93,12 @@ open_tasks:
   returned: success
   type: int
 status_changes:
-  description: Tasks whose status or pause state changed, with the new status.
+  description:
+    - Tasks whose status or pause state changed, with the new status.
+    - C(LOST) means the service no longer shows the task to these credentials (a 404 when asked by
+      id): it stops counting against O(scidata.replication.globus_transfer#module:max_active_tasks),
+      a warning says so, and its items are retried by M(scidata.replication.globus_transfer) with
+      C(sync_level=checksum).
   returned: success
   type: dict
   sample: {"5a3f2a1e-0000-4000-8000-000000000001": SUCCEEDED}
@@ -117,45 +124,73 @@ history_expiring:
   returned: success
   type: list
   elements: str
+events_truncated:
+  description:
+    - Tasks with more events than the service lists (it gives the newest 1000 only). What it
+      gives is stored and the task is marked C(events_truncated) in the state database; the run
+      does not fail.
+  returned: success
+  type: list
+  elements: str
+fetch_failed:
+  description:
+    - Tasks whose events or files could not be fetched in this run, each with C(task_id),
+      C(error) and C(retry_in) (seconds). They are tried again after that backoff, doubling up
+      to an hour; the other tasks are collected as usual.
+  returned: success
+  type: list
+  elements: dict
 """
 
 import time
 
 from ansible_collections.scidata.replication.plugins.module_utils import _transfers
+from ansible_collections.scidata.replication.plugins.module_utils._errors import GlobusError
 from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
 
 
 def collect(module):
     db = module.state()
     client = module.transfer_client()
-    return collect_events(module.params, db, client)
+    return collect_events(module.params, db, client, module.warn)
 
 
-def collect_events(params, db, client):
+def collect_events(params, db, client, warn):
     started = time.monotonic()
     jobs, task_ids = params["routes"], params["task_ids"]
     open_ids = _transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids)
     changes = _transfers.refresh_tasks(db, client, open_ids)
-    candidates = _transfers.tasks_needing_events(db, jobs=jobs, task_ids=task_ids)
-    added, files_added, completed, expiring, done = 0, 0, [], [], 0
+    for task_id in sorted(t for t, status in changes.items() if status == "LOST"):
+        warn(_transfers.lost_message(task_id))
     now = time.time()
+    candidates = _transfers.tasks_needing_events(db, now, jobs=jobs, task_ids=task_ids)
+    added, files_added, completed, expiring, truncated, failed, done = 0, 0, [], [], [], [], 0
     for task in candidates[:params["max_tasks"]]:
         if time.monotonic() - started > params["time_budget"]:
             break
-        added += _transfers.ingest_events(db, client, task["task_id"], errors_only=params["errors_only"])
         done += 1
-        if task["status"] in _transfers.TERMINAL_TASK_STATUSES and not params["errors_only"]:
-            if params["task_files"]:
+        try:
+            new, cut = _transfers.ingest_events(db, client, task["task_id"], errors_only=params["errors_only"])
+            if task["status"] in _transfers.TERMINAL_TASK_STATUSES and not params["errors_only"] and params["task_files"]:
                 files_added += _transfers.ingest_task_files(db, client, task["task_id"])
+        except GlobusError as exc:
+            wait = _transfers.fetch_failed(db, task["task_id"], exc.msg, now)
+            failed.append(dict(task_id=task["task_id"], error=exc.msg, retry_in=wait))
+            warn("task %s: its events or files cannot be fetched, next try in %d s: %s" % (task["task_id"], wait, exc.msg))
+            continue
+        added += new
+        if cut:
+            truncated.append(task["task_id"])
+        if task["status"] in _transfers.TERMINAL_TASK_STATUSES and not params["errors_only"]:
             _transfers.mark_events_complete(db, task["task_id"])
             completed.append(task["task_id"])
         if _transfers.history_expiring(task["completion_time"], now):
             expiring.append(task["task_id"])
     still_open = len(_transfers.open_task_ids(db, jobs=jobs, task_ids=task_ids))
-    return dict(changed=bool(changes or added or completed), refreshed=len(open_ids), open_tasks=still_open,
+    return dict(changed=bool(changes or added or completed or failed), refreshed=len(open_ids), open_tasks=still_open,
                 status_changes=changes, task_files_added=files_added,
                 events_added=added, tasks_completed=completed, pending=len(candidates) - done,
-                history_expiring=expiring)
+                history_expiring=expiring, events_truncated=truncated, fetch_failed=failed)
 
 
 def main():

@@ -367,7 +367,9 @@ def run_routes(module, db, client, routes):
         else:
             resubmitted.extend(dict(r, route=name) for r in resubmit_unconfirmed(db, client, name,
                                                                                  on_rejected=_transfers.reject_items))
-    _transfers.refresh_tasks(db, client, _transfers.open_task_ids(db, jobs=names))
+    changes = _transfers.refresh_tasks(db, client, _transfers.open_task_ids(db, jobs=names))
+    for task_id in sorted(t for t, status in changes.items() if status == "LOST"):
+        module.warn(_transfers.lost_message(task_id))
 
     report, tasks, budget = {}, [], params["max_submissions_per_run"]
     for route in routes:

@@ -149,6 +149,82 @@ def test_rejected_submission_is_dropped_and_other_routes_go_on(ansible, emulator
     # The next run (bad route fixed or not) never sends the refused request again.
     second = run(ansible, emulator, "globus_transfer", args)
     assert second["resubmitted"] == [] and second["tasks"] == []
-    posts = emulator.admin("GET", "/_emulator/requests?path=/v0.10/transfer$")["requests"]
+    posts = emulator.requests("/v0.10/transfer$")
     assert sorted(r["status"] for r in posts if r["method"] == "POST") == [202, 400]
     assert os.path.isfile(str(emulator.root / "dst" / "good" / good / "a.nc"))
+
+
+def test_task_the_identity_cannot_see_becomes_lost_and_its_items_go_again(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    dataset, = make_datasets(emulator, 1)
+    emulator.add_fault(kind="slow", bytes_per_second=64, count=1)
+    args = {"state_db": state_db, "retry_backoff": 0, "max_active_tasks": 1,
+            "routes": [{"name": "r", "source_collection": SRC, "items": [dataset],
+                        "destinations": [{"collection": DST, "prefix": "/lost"}]}]}
+    first = run(ansible, emulator, "globus_transfer", args)
+    lost_task = first["tasks"][0]["task_id"]
+    emulator.reset()  # the task leaves this identity's history while it runs
+
+    events = run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert events["status_changes"] == {lost_task: "LOST"} and events["open_tasks"] == 0
+    assert any(lost_task in w and "LOST" in w for w in events["warnings"])
+    item = db_rows(state_db, "SELECT status, last_error FROM transfer_items")[0]
+    assert item["status"] == "FAILED" and "LOST" in item["last_error"]
+    again = run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert again["changed"] is False and again["refreshed"] == 0
+
+    resent = run(ansible, emulator, "globus_transfer", args)  # the lost task no longer holds the only slot
+    assert [(t["items"], t["sync_level"], t["code"]) for t in resent["tasks"]] == [(1, "checksum", "Accepted")]
+    settle(ansible, emulator, state_db)
+    assert item_statuses(state_db) == {"/" + dataset: "SUCCEEDED"}
+    assert os.path.isfile(str(emulator.root / "dst" / "lost" / dataset / "b.nc"))
+    tasks = db_rows(state_db, "SELECT task_id, status FROM globus_tasks ORDER BY id")
+    assert [t["status"] for t in tasks] == ["LOST", "SUCCEEDED"] and tasks[0]["task_id"] == lost_task
+
+
+def test_event_history_past_1000_is_stored_as_far_as_listed_without_merging(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    dataset, = make_datasets(emulator, 1, files=("busy.nc",))
+    emulator.add_fault(kind="event", path_prefix="/" + dataset, code="ENDPOINT_TOO_BUSY", repeat=1100,
+                       retry_delay=0, count=1)
+    args = {"state_db": state_db, "routes": [{"name": "r", "source_collection": SRC, "items": [dataset],
+                                              "destinations": [{"collection": DST, "prefix": "/busy"}]}]}
+    task_id = run(ansible, emulator, "globus_transfer", args)["tasks"][0]["task_id"]
+    emulator.wait_idle(timeout=60)
+    listed = emulator.task(task_id)["events"][:1000]  # newest first: what the service can list
+    assert len(emulator.task(task_id)["events"]) > 1000
+
+    result = run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert result["events_truncated"] == [task_id] and result["tasks_completed"] == [task_id]
+    assert result["events_added"] == 1000
+    busy = db_rows(state_db, "SELECT count(*) AS n FROM task_events WHERE code = 'ENDPOINT_TOO_BUSY'")[0]["n"]
+    assert busy == sum(1 for e in listed if e["code"] == "ENDPOINT_TOO_BUSY") > 900
+    row = db_rows(state_db, "SELECT events_truncated, events_ingested, status FROM globus_tasks")[0]
+    assert row["events_truncated"] == 1 and row["events_ingested"] > 1000 and row["status"] == "SUCCEEDED"
+    assert run(ansible, emulator, "globus_task_events", {"state_db": state_db})["changed"] is False
+
+
+def test_task_whose_events_cannot_be_fetched_backs_off_and_others_go_on(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    datasets = make_datasets(emulator, 2)
+    args = {"state_db": state_db, "routes": [{"name": "r", "source_collection": SRC, "items": datasets,
+                                              "destinations": [{"collection": DST, "prefix": "/fetch"}]}]}
+    broken, healthy = [t["task_id"] for t in run(ansible, emulator, "globus_transfer", args)["tasks"]]
+    emulator.wait_idle()
+    emulator.add_fault(kind="http_error", status=502, code="ExternalError", message="event store unavailable",
+                       http_path="/task/%s/event_list" % broken)
+
+    result = run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert result["tasks_completed"] == [healthy]
+    assert [(f["task_id"], f["retry_in"]) for f in result["fetch_failed"]] == [(broken, 60)]
+    assert "event store unavailable" in result["fetch_failed"][0]["error"]
+    assert any(broken in w for w in result["warnings"])
+    row = db_rows(state_db, "SELECT fetch_failures, fetch_retry_at, events_complete FROM globus_tasks "
+                            "WHERE task_id = ?", (broken,))[0]
+    assert row["fetch_failures"] == 1 and row["fetch_retry_at"] > time.time() + 30 and row["events_complete"] == 0
+    assert item_statuses(state_db) == dict(("/" + d, "SUCCEEDED") for d in datasets)
+
+    waiting = run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+    assert waiting["fetch_failed"] == [] and waiting["changed"] is False  # inside its backoff: not asked
+    event_requests = emulator.requests("/task/%s/event_list" % broken)
+    assert len(event_requests) == 1
