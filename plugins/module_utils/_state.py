@@ -196,8 +196,9 @@ MIGRATIONS = [
     ),
     (
         2,
-        "Globus tasks: truncated event history, backoff for tasks whose events or files cannot be fetched",
+        "Globus tasks: truncated event history, fetch backoff, why a task is paused",
         [
+            "ALTER TABLE globus_tasks ADD COLUMN pause_reason TEXT",
             "ALTER TABLE globus_tasks ADD COLUMN events_truncated INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE globus_tasks ADD COLUMN fetch_failures INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE globus_tasks ADD COLUMN fetch_retry_at {float}",

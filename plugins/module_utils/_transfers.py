@@ -39,6 +39,11 @@ LABEL_MAX = 128
 # Globus keeps per-file history (events, successful transfers) for 30 days after completion.
 HISTORY_DAYS = 30
 SYNC_LEVELS = ("exists", "size", "mtime", "checksum")
+# What an INACTIVE task (expired credentials or consent) needs from someone.
+INACTIVE_FIX = ("renew the login or consent: run scidata.replication.globus_login (playbooks/globus_login.yml) "
+                "again, with the collection in data_access_collections if it needs data_access consent, or grant "
+                "the client app access again; Globus resumes the task once the credentials are valid, before its "
+                "deadline")
 
 # The TransferData options every submitting module takes (scidata.replication._transfer_options).
 TRANSFER_ARGUMENT_SPEC = dict(
@@ -236,14 +241,18 @@ def eligible_items(db, route, limit, now, policy):
 
 
 def batches(items, size):
-    """Group items per destination collection into tasks of at most ``size`` items."""
+    """Group items per destination collection into tasks of at most ``size`` items. An item that
+    is tried again goes alone: a failed task fails all it carries, so one bad path in a shared
+    task must not use up the attempts of the healthy ones."""
     by_destination = {}
     for item in items:
         by_destination.setdefault(item["destination_collection"], []).append(item)
     groups = []
     for destination, group in by_destination.items():
-        for start in range(0, len(group), size):
-            groups.append((destination, group[start:start + size]))
+        first_tries = [item for item in group if not item["attempts"]]
+        for start in range(0, len(first_tries), size):
+            groups.append((destination, first_tries[start:start + size]))
+        groups.extend((destination, [item]) for item in group if item["attempts"])
     return groups
 
 
@@ -257,6 +266,10 @@ def plan_route(db, route, policy, budget, now):
         return [], "overflow route: used only while %s has a paused task" % primary
     slots = min((route.get("max_active_tasks") or policy["max_active_tasks"]) - open_tasks, budget)
     if slots <= 0:
+        inactive = db.scalar("SELECT count(*) FROM globus_tasks WHERE job = ? AND status = 'INACTIVE'", (route["name"],))
+        if inactive:
+            return [], ("%d tasks open, %d of them INACTIVE: they need a login or consent renewal "
+                        "(see tasks_needing_attention)" % (open_tasks, inactive))
         return [], "%d tasks already active" % open_tasks
     size = route.get("items_per_task") or policy["items_per_task"]
     items = eligible_items(db, route, slots * size, now, policy)
@@ -501,6 +514,7 @@ def refresh_tasks(db, client, task_ids):
                 documents.append(document)
         # Read before the write transaction: no lock is held across a network call.
         skipped = dict((d["task_id"], skipped_files(db, client, d)) for d in documents)
+        pause_reasons = dict((d["task_id"], pause_reason(client, d)) for d in documents if d.get("is_paused"))
         now = time.time()
         with db.transaction():
             for document in documents:
@@ -513,10 +527,11 @@ def refresh_tasks(db, client, task_ids):
                 fatal = document.get("fatal_error")
                 db.execute(
                     "UPDATE globus_tasks SET %s, is_paused = ?, request_time = ?, completion_time = ?, "
-                    "fatal_error = ?, updated_at = ? WHERE task_id = ?" % ", ".join("%s = ?" % c for c in TASK_COLUMNS),
+                    "fatal_error = ?, pause_reason = ?, updated_at = ? WHERE task_id = ?"
+                    % ", ".join("%s = ?" % c for c in TASK_COLUMNS),
                     tuple(values) + (1 if document.get("is_paused") else 0, parse_time(document.get("request_time")),
-                                     parse_time(document.get("completion_time")),
-                                     json.dumps(fatal) if fatal else None, now, document["task_id"]))
+                                     parse_time(document.get("completion_time")), json.dumps(fatal) if fatal else None,
+                                     pause_reasons.get(document["task_id"]), now, document["task_id"]))
                 if before["status"] != document["status"] or bool(before["is_paused"]) != bool(document.get("is_paused")):
                     changes[document["task_id"]] = document["status"]
                 if document["status"] in TERMINAL_TASK_STATUSES and before["status"] not in TERMINAL_TASK_STATUSES:
@@ -526,6 +541,35 @@ def refresh_tasks(db, client, task_ids):
                 if mark_lost(db, task_id, now):
                     changes[task_id] = "LOST"
     return changes
+
+
+def pause_reason(client, document):
+    """Why a paused task is paused: the messages of the pause rules holding it (``pause_info``),
+    or its nice_status when the service does not say."""
+    try:
+        with api_errors("read why task %s is paused" % document["task_id"]):
+            info = client.task_pause_info(document["task_id"]).data
+    except GlobusError:
+        info = {}
+    messages = [rule.get("message") for rule in info.get("pause_rules") or []]
+    messages += [info.get(side + "_pause_message") for side in ("source", "destination")]
+    return "; ".join(m for m in messages if m) or document.get("nice_status") or "paused"
+
+
+def tasks_needing_attention(db, route_name):
+    """Open tasks of a route that wait for someone: INACTIVE (credentials or consent expired) or
+    paused (by a collection's administrator), each with the reason and what fixes it."""
+    report = []
+    for row in db.query("SELECT task_id, status, nice_status, pause_reason FROM globus_tasks WHERE job = ? "
+                        "AND (status = 'INACTIVE' OR (status = 'ACTIVE' AND is_paused = 1)) ORDER BY id",
+                        (route_name,)):
+        if row["status"] == "INACTIVE":
+            report.append(dict(task_id=row["task_id"], status="INACTIVE", reason=row["nice_status"] or "INACTIVE",
+                               fix=INACTIVE_FIX))
+        else:
+            report.append(dict(task_id=row["task_id"], status="PAUSED", reason=row["pause_reason"] or "paused",
+                               fix="a collection administrator paused it; it resumes when the pause is lifted"))
+    return report
 
 
 def visible_task(client, task_id):

@@ -231,6 +231,7 @@ routes:
       reason: null
       failed_items: []
       partial_items: []
+      tasks_needing_attention: []
   contains:
     registered:
       description: Items added by this run.
@@ -259,6 +260,14 @@ routes:
           They are retried like failed items and their sources are never deleted.
         - Each has C(source), C(destination), C(attempts) and C(skipped), the skipped files with
           C(path) and C(error_code).
+      type: list
+      elements: dict
+    tasks_needing_attention:
+      description:
+        - Open tasks of the route that wait for someone, each with C(task_id), C(status) (C(INACTIVE)
+          or C(PAUSED)), C(reason) and C(fix).
+        - An INACTIVE task lost its credentials or consent; C(fix) names the login to run again. A
+          paused task gives the message of the pause rule holding it.
       type: list
       elements: dict
     deletions:
@@ -391,7 +400,8 @@ def run_routes(module, db, client, routes):
         report[route["name"]].update(
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
             reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]),
-            partial_items=_transfers.partial_items(db, route["name"]))
+            partial_items=_transfers.partial_items(db, route["name"]),
+            tasks_needing_attention=_transfers.tasks_needing_attention(db, route["name"]))
     for rejected in (r for r in resubmitted + tasks if r.get("code") == "Rejected"):
         module.warn("route %s: Globus rejected submission %s, which is dropped and its items marked FAILED: %s"
                     % (rejected["route"], rejected["submission_id"], rejected["error"]))

@@ -228,3 +228,48 @@ def test_task_whose_events_cannot_be_fetched_backs_off_and_others_go_on(ansible,
     assert waiting["fetch_failed"] == [] and waiting["changed"] is False  # inside its backoff: not asked
     event_requests = emulator.requests("/task/%s/event_list" % broken)
     assert len(event_requests) == 1
+
+
+def test_failed_shared_task_is_retried_split_so_a_healthy_item_gets_through(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    healthy, = make_datasets(emulator, 1)
+    missing = healthy.replace("ds0", "never-there")
+    args = {"state_db": state_db, "items_per_task": 2, "max_attempts": 2, "retry_backoff": 0,
+            "routes": [{"name": "r", "source_collection": SRC, "items": [healthy, missing],
+                        "destinations": [{"collection": DST, "prefix": "/split"}]}]}
+    first = run(ansible, emulator, "globus_transfer", args)
+    assert [t["items"] for t in first["tasks"]] == [2]
+    settle(ansible, emulator, state_db)
+    assert set(item_statuses(state_db).values()) == {"FAILED"}  # the missing path failed both
+
+    retried = run(ansible, emulator, "globus_transfer", args)
+    assert sorted((t["items"], t["sync_level"]) for t in retried["tasks"]) == [(1, "checksum"), (1, "checksum")]
+    settle(ansible, emulator, state_db)
+    assert item_statuses(state_db) == {"/" + healthy: "SUCCEEDED", "/" + missing: "FAILED"}
+    assert os.path.isfile(str(emulator.root / "dst" / "split" / healthy / "a.nc"))
+    final = run(ansible, emulator, "globus_transfer", args)
+    assert final["tasks"] == [] and [i["source"] for i in final["routes"]["r"]["failed_items"]] == ["/" + missing]
+
+
+def test_inactive_task_is_reported_as_needing_a_login_renewal(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    datasets = make_datasets(emulator, 2)
+    emulator.add_fault(kind="inactive", code="CONSENT_REQUIRED", count=1)
+    args = {"state_db": state_db, "max_active_tasks": 1,
+            "routes": [{"name": "r", "source_collection": SRC, "items": datasets,
+                        "destinations": [{"collection": DST, "prefix": "/inactive"}]}]}
+    inactive_task = run(ansible, emulator, "globus_transfer", args)["tasks"][0]["task_id"]
+    for _attempt in range(50):
+        if emulator.task(inactive_task)["status"] == "INACTIVE":
+            break
+        time.sleep(0.1)
+    run(ansible, emulator, "globus_task_events", {"state_db": state_db})
+
+    blocked = run(ansible, emulator, "globus_transfer", args)
+    route = blocked["routes"]["r"]
+    assert blocked["tasks"] == [] and "INACTIVE" in route["reason"] and "login or consent" in route["reason"]
+    attention = route["tasks_needing_attention"]
+    assert [(a["task_id"], a["status"]) for a in attention] == [(inactive_task, "INACTIVE")]
+    assert "scidata.replication.globus_login" in attention[0]["fix"]
+    emulator.admin("POST", "/_emulator/tasks/%s/resume" % inactive_task)
+    emulator.wait_idle()
