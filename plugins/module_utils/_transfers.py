@@ -88,7 +88,7 @@ def normalise_items(route):
         if "\n" in entry["source"] or "\r" in entry["source"]:
             raise ConfigError("route %s: item %r contains a line break" % (route["name"], entry["source"]))
         items.append(dict(source=entry["source"], destination=entry.get("destination"),
-                          recursive=entry.get("recursive", route.get("recursive", True))))
+                          recursive=entry.get("recursive", route.get("recursive"))))
     return items
 
 
@@ -98,7 +98,8 @@ def item_rows(route, now):
     source_prefix = route.get("source_prefix", "/")
     for item in normalise_items(route):
         source_path = join_path(source_prefix, item["source"])
-        recursive = 1 if item["recursive"] else 0
+        # 1: a directory transfer (asked for, or a trailing /); 0: Globus decides from the path.
+        recursive = 1 if item["recursive"] or (item["recursive"] is None and source_path.endswith("/")) else 0
         for destination in route["destinations"]:
             rows.append(dict(route=route["name"], source_collection=route["source_collection"],
                              source_path=source_path, destination_collection=destination["collection"],
@@ -182,8 +183,7 @@ def transfer_document(source_collection, destination_collection, items, options,
         "notify_on_succeeded": options["notify_on_succeeded"],
         "notify_on_failed": options["notify_on_failed"],
         "notify_on_inactive": options["notify_on_inactive"],
-        "DATA": [{"DATA_TYPE": "transfer_item", "source_path": i["source_path"],
-                  "destination_path": i["destination_path"], "recursive": bool(i["recursive"])} for i in items],
+        "DATA": [transfer_item(i) for i in items],
     }
     if options.get("filter_rules"):
         document["filter_rules"] = [dict(((k, v) for k, v in rule.items() if v is not None), DATA_TYPE="filter_rule")
@@ -191,6 +191,15 @@ def transfer_document(source_collection, destination_collection, items, options,
     deadline = deadline_for(options)
     if deadline:
         document["deadline"] = deadline
+    return document
+
+
+def transfer_item(item):
+    """One ``transfer_item``; ``recursive`` None is left out, so the service decides from the path."""
+    document = {"DATA_TYPE": "transfer_item", "source_path": item["source_path"],
+                "destination_path": item["destination_path"]}
+    if item["recursive"] is not None:
+        document["recursive"] = bool(item["recursive"])
     return document
 
 
@@ -283,7 +292,9 @@ def submit_batch(db, client, route, destination, items, options, label_template,
                          first=posixpath.basename(items[0]["source_path"].rstrip("/")) or "/",
                          date=datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y-%m-%d"),
                          attempt=max(item["attempts"] for item in items) + 1)
-    document = transfer_document(route["source_collection"], destination, items, options, label, retry=retry)
+    document = transfer_document(route["source_collection"], destination,
+                                 [dict(item, recursive=True if item["recursive"] else None) for item in items],
+                                 options, label, retry=retry)
 
     def link(db_, submission_id):
         for item in items:
@@ -370,13 +381,15 @@ def deletion_candidates(db, route_name):
 
 def list_files(client, collection, path, recursive):
     """The files at ``path`` (a file, or for a directory everything below it) listed through the
-    Transfer API: ``({path relative to it: size}, newest last_modified in epoch seconds)``."""
+    Transfer API: ``({path relative to it: size}, newest last_modified in epoch seconds, whether
+    it is a directory)``."""
     if not path.endswith("/") and not recursive:
         directory, name = posixpath.split(path)
         with api_errors("list %s on %s" % (directory, collection), collection=collection):
             entries = client.operation_ls(collection, path=directory or "/", filter="name:" + name)["DATA"]
-        files = dict(("", e.get("size")) for e in entries if e.get("type") != "dir")
-        return files, max([parse_time(e["last_modified"]) for e in entries] or [None], key=lambda v: v or 0)
+        if not any(e.get("type") == "dir" for e in entries):  # else Globus chose a directory transfer
+            files = dict(("", e.get("size")) for e in entries)
+            return files, max([parse_time(e["last_modified"]) for e in entries] or [None], key=lambda v: v or 0), False
     files, newest, pending = {}, None, [""]
     while pending:
         relative = pending.pop()
@@ -396,7 +409,7 @@ def list_files(client, collection, path, recursive):
             offset += len(page["DATA"])
             if not page["DATA"] or offset >= page.get("total", offset):
                 break
-    return files, newest
+    return files, newest, True
 
 
 def missing_at_destinations(db, client, row, source_files):
@@ -406,7 +419,7 @@ def missing_at_destinations(db, client, row, source_files):
     for item in db.query("SELECT destination_collection, destination_path FROM transfer_items "
                          "WHERE source_collection = ? AND source_path = ? ORDER BY destination_collection, "
                          "destination_path", (row["source_collection"], row["source_path"])):
-        held, _newest = list_files(client, item["destination_collection"], item["destination_path"], row["recursive"])
+        held = list_files(client, item["destination_collection"], item["destination_path"], row["recursive"])[0]
         missing.extend("%s:%s" % (item["destination_collection"], join_path(item["destination_path"], name)
                                   if name else item["destination_path"])
                        for name, size in sorted(source_files.items()) if name not in held or held[name] != size)
@@ -422,7 +435,9 @@ def plan_deletions(db, client, route):
     allowed = []
     for row in candidates:
         try:
-            files, newest = list_files(client, row["source_collection"], row["source_path"], row["recursive"])
+            files, newest, directory = list_files(client, row["source_collection"], row["source_path"],
+                                                  row["recursive"])
+            row = dict(row, recursive=1 if directory else 0)
             missing = missing_at_destinations(db, client, row, files)
         except GlobusError as exc:
             blocked.append(dict(source=row["source_path"], reason="cannot confirm the replicas: %s" % exc.msg))

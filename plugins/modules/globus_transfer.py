@@ -88,9 +88,11 @@ options:
         description: A file with one path per line; blank lines and C(#) comments are skipped.
         type: path
       recursive:
-        description: Default for items that do not say; directories need V(true).
+        description:
+          - Default for items that do not say. V(true) sends every item as a directory transfer.
+          - Unset (or V(false)), the item leaves C(recursive) out of the request and Globus decides
+            from what the path is; a path ending in C(/) is always sent as a directory.
         type: bool
-        default: true
       source_route:
         description:
           - Take as items what SUCCEEDED on this other route at O(routes[].source_collection), instead
@@ -439,7 +441,7 @@ def main():
                 )),
                 items=dict(type="list", elements="raw", default=[]),
                 items_from=dict(type="path"),
-                recursive=dict(type="bool", default=True),
+                recursive=dict(type="bool"),
                 source_route=dict(type="str"),
                 overflow_for=dict(type="str"),
                 max_active_tasks=dict(type="int"),

@@ -49,6 +49,8 @@ def db_rows(url, sql, params=()):
 
 
 def run(ansible, emulator, module, args, **kwargs):
+    # A lock of this test's own: other test sessions on the machine may run jobs of the same name.
+    args = dict(args, lock_file=os.path.join(ansible.workdir, module + ".lock"))
     result, output = ansible.run("scidata.replication." + module, args, extra_env=client_env(emulator), **kwargs)
     assert not result.get("failed"), (result, output[-3000:])
     return result
@@ -273,3 +275,27 @@ def test_inactive_task_is_reported_as_needing_a_login_renewal(ansible, emulator,
     assert "scidata.replication.globus_login" in attention[0]["fix"]
     emulator.admin("POST", "/_emulator/tasks/%s/resume" % inactive_task)
     emulator.wait_idle()
+
+
+def test_items_leave_recursive_to_the_service_unless_asked(ansible, emulator, tmp_path):
+    state_db = str(tmp_path / "state.db")
+    first, second = make_datasets(emulator, 2)
+    plain_file, plain_directory = first + "a.nc", second.rstrip("/")
+    args = {"state_db": state_db, "delete_after_success": True,
+            "routes": [{"name": "r", "source_collection": SRC, "items": [plain_file, plain_directory],
+                        "destinations": [{"collection": DST, "prefix": "/plain"}]}]}
+    run(ansible, emulator, "globus_transfer", args)
+    settle(ansible, emulator, state_db)
+    assert sorted(set(item_statuses(state_db).values())) == ["SUCCEEDED"]
+    sent = sorted((i["source_path"], i["recursive"]) for t in emulator.tasks() for i in t["items"])
+    assert sent == [("/" + plain_file, None), ("/" + plain_directory, None)]  # left out of the request
+    replica = str(emulator.root / "dst" / "plain")
+    assert os.path.isfile(os.path.join(replica, plain_file))
+    assert os.path.isfile(os.path.join(replica, plain_directory, "b.nc"))
+
+    deleting = run(ansible, emulator, "globus_transfer", args)  # both kinds of path can be confirmed and deleted
+    assert sorted(deleting["routes"]["r"]["deletions"]["scheduled"]) == sorted(["/" + plain_file, "/" + plain_directory])
+    settle(ansible, emulator, state_db)
+    source = str(emulator.root / "src")
+    assert not os.path.exists(os.path.join(source, plain_file)) and os.path.isfile(os.path.join(source, first, "b.nc"))
+    assert not os.path.exists(os.path.join(source, plain_directory))
