@@ -96,7 +96,7 @@ status_changes:
   description:
     - Tasks whose status or pause state changed, with the new status.
     - C(LOST) means the service no longer shows the task to these credentials (a 404 when asked by
-      id): it stops counting against O(scidata.replication.globus_transfer#module:max_active_tasks),
+      id). It stops counting against O(scidata.replication.globus_transfer#module:max_active_tasks),
       a warning says so, and its items are retried by M(scidata.replication.globus_transfer) with
       C(sync_level=checksum).
   returned: success
