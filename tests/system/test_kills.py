@@ -165,6 +165,39 @@ def test_globus_transfer_killed_after_the_post_before_the_task_id_is_stored(ansi
     emulator.wait_idle(timeout=60)
 
 
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_dir_trie_sync_killed_around_its_submission(ansible, emulator, tmp_path, phase):
+    """The same two points for dir_trie_sync: its submission committed with the index's links, and
+    the POST held before (never reached the service) or after the service created the task."""
+    name = "s" + uuid.uuid4().hex[:8]
+    root = str(emulator.root / "src" / name)
+    versions = {}
+    for number in range(12):
+        rel = "r%d/f%02d.dat" % (number % 3, number)
+        write(os.path.join(root, rel), os.urandom(50 + number), time.time() - 600)
+        versions[rel] = 1
+    state_db = str(tmp_path / "state.db")
+    args = {"job": name, "src_dir": root, "source_collection": SRC, "source_path": "/" + name,
+            "destinations": [{"collection": DST, "path": "/killed/" + name}], "state_db": state_db,
+            "index_dir": str(tmp_path), "items_per_task": 100, "lock_file": str(tmp_path / "job.lock"),
+            "lock_timeout": 0}
+    hold = emulator.add_fault(kind="hold", phase=phase, method="POST", http_path=POST_TRANSFER, count=1)
+    killable = ansible.start(DIR_SYNC, args, extra_env=client_env(emulator))
+    try:
+        wait_for(lambda: emulator.fault(hold)["held"] == 1, "the module's POST reached the emulator")
+        stored = submissions(state_db)
+        assert [(r["status"], r["task_id"]) for r in stored] == [("UNSUBMITTED", None)]
+        assert len(emulator.tasks()) == (1 if phase == "after" else 0)
+        assert killable.kill()
+    finally:
+        killable.stop()
+        emulator.release(hold)
+    run_until_replicated(ansible, emulator, args)
+    assert [t["submission_id"] for t in emulator.tasks()] == [stored[0]["submission_id"]]
+    assert_replicated(root, str(emulator.root / "dst" / "killed" / name))
+    assert_each_version_sent_once(emulator, name, versions, state_db, _pathindex.index_path(str(tmp_path), name))
+
+
 def test_globus_transfer_killed_at_random_moments_never_double_submits(ansible, emulator, tmp_path):
     """30 runs, each adding two items, killed at a random moment of the module's work; then one
     run to the end. Every item must be in exactly one task and nothing left unconfirmed."""
