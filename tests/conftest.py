@@ -99,11 +99,8 @@ class PlaybookRunner(object):
         self.env = dict(env, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
 
-    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None,
-                 new_session=False):
-        """Start ansible-playbook; returns (process, result_file) without waiting.
-
-        ``new_session`` puts it in its own process group, so a test can SIGKILL the whole run."""
+    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None):
+        """Start ansible-playbook; returns (process, result_file) without waiting."""
         result_file = os.path.join(self.workdir, "%s-%s.json" % (name, uuid.uuid4().hex[:8]))
         play = [{
             "hosts": "localhost",
@@ -125,13 +122,12 @@ class PlaybookRunner(object):
         if verbosity:
             argv.append("-" + "v" * verbosity)
         env = dict(self.env, **(extra_env or {}))
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=new_session)
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         return process, result_file
 
     def start(self, module, args, **kwargs):
         """Start a run a test can kill inside the module; returns a :class:`KillableRun`."""
-        process, _result_file = self.playbook(module, args, new_session=True, **kwargs)
+        process, _result_file = self.playbook(module, args, **kwargs)
         return KillableRun(process, module)
 
     def run_killed_after(self, module, args, seconds, **kwargs):
