@@ -110,8 +110,6 @@ class App:
                 response = self.handle_transfer(method, path, query, headers, body)
         except APIError as err:
             response = _error_response(err, path)
-        except OAuthError as err:
-            response = Response(err.status, err.body(), err.headers)
         except Exception:  # report instead of dropping the connection
             log.exception("unhandled error for %s %s", method, raw_path)
             response = Response(500, {"code": "InternalServerError", "message": "emulator error",
@@ -147,6 +145,16 @@ class App:
     def handle_transfer(self, method, path, query, headers, raw_body):
         body = _json_body(raw_body) if method in ("POST", "PUT") else None
         touched, paths = self.touched(path, query, body)
+
+        def answer():
+            grant = self.state.auth.validate_bearer(headers.get("Authorization"))
+            self.state.check_rate(grant)
+            return self.route(self.transfer_routes, method, path, query, body, grant)
+
+        return self.with_faults(method, path, touched, paths, answer)
+
+    def with_faults(self, method, path, touched, paths, answer):
+        """``answer()`` the request unless a fault rule answers it instead or holds it."""
         fault = self.state.faults.take_http(method, path, touched, paths)
         if fault and fault["kind"] != "hold":
             return self.fault_response(fault, path, touched)
@@ -154,11 +162,11 @@ class App:
             self.state.faults.hold(fault)
             return Response(None)
         try:
-            grant = self.state.auth.validate_bearer(headers.get("Authorization"))
-            self.state.check_rate(grant)
-            response = self.route(self.transfer_routes, method, path, query, body, grant)
+            response = answer()
         except APIError as err:
             response = _error_response(err, path)
+        except OAuthError as err:
+            response = Response(err.status, err.body(), err.headers)
         if fault:
             self.state.faults.hold(fault)
         return response
@@ -263,10 +271,9 @@ class App:
     # ------------------------------------------------------------ Auth
 
     def handle_auth(self, method, path, query, headers, raw_body):
-        touched, paths = set(), []
-        fault = self.state.faults.take_http(method, path, touched, paths)
-        if fault:
-            return self.fault_response(fault, path, touched)
+        return self.with_faults(method, path, set(), [], lambda: self.answer_auth(method, path, query, headers, raw_body))
+
+    def answer_auth(self, method, path, query, headers, raw_body):
         auth = self.state.auth
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(raw_body.decode() if raw_body else "").items()}
         if method == "POST" and path == "/v2/oauth2/token":

@@ -9,7 +9,7 @@ import threading
 
 import globus_sdk
 import pytest
-from emu_support import DST_ID, SRC_ID, poll, write
+from emu_support import CLIENT_ID, CLIENT_SECRET, DST_ID, SRC_ID, TRANSFER_RS, poll, transfer_scope, write
 
 
 def submit_in_background(tc):
@@ -53,6 +53,20 @@ def test_hold_after_creates_the_task_and_keeps_the_reply(tc, emulator, src):
     emulator.release(rule)
     thread.join(30)
     assert outcome["result"]["task_id"] == tasks[0]["task_id"], outcome
+
+
+def test_hold_applies_to_auth_requests(emulator):
+    rule = emulator.add_fault(kind="hold", phase="after", http_path="^/v2/oauth2/token$", count=1)
+    auth_client = globus_sdk.ConfidentialAppAuthClient(CLIENT_ID, CLIENT_SECRET)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        tokens=auth_client.oauth2_client_credentials_tokens(requested_scopes=transfer_scope())), daemon=True)
+    thread.start()
+    poll(lambda: emulator.fault(rule)["held"] == 1)
+    assert "tokens" not in outcome
+    emulator.release(rule)
+    thread.join(30)
+    assert TRANSFER_RS in outcome["tokens"].by_resource_server
 
 
 def test_reset_lets_held_requests_go(tc, emulator, src):
