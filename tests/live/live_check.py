@@ -5,13 +5,15 @@
 
 Opt-in, never part of `make test`: it needs the user's own confidential client and two collections
 they name. Without them it says what is missing and exits 0 (skipped). The copies go to a new
-directory per run under SCIDATA_LIVE_DESTINATION_PATH, which the check leaves in place.
+directory per run under SCIDATA_LIVE_DESTINATION_PATH, which the check leaves in place; the local
+work directory (state database, index) is kept only when the check fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,8 +109,9 @@ def main():
     if code == 0:
         with open(os.path.join(workdir, "summary.json")) as handle:
             print("live check passed: %s" % handle.read())
+        shutil.rmtree(workdir)
     else:
-        print("live check FAILED (exit %d); state database and run log in %s" % (code, workdir))
+        print("live check FAILED (exit %d); its work directory is kept in %s" % (code, workdir))
     return code
 
 

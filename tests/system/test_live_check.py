@@ -28,15 +28,16 @@ def clean_emulator(emulator):
     emulator.reset()
 
 
-def live_check(env):
+def live_check(env, tmp_path):
+    """Run the script with only these Globus settings; its work directory goes under tmp_path."""
     clean = dict((k, v) for k, v in os.environ.items() if not k.startswith(("GLOBUS_", "SCIDATA_LIVE_")))
-    process = subprocess.run([sys.executable, LIVE_CHECK], env=dict(clean, **env), capture_output=True, text=True,
-                             timeout=600, check=False)
+    process = subprocess.run([sys.executable, LIVE_CHECK], env=dict(clean, TMPDIR=str(tmp_path), **env),
+                             capture_output=True, text=True, timeout=600, check=False)
     return process.returncode, process.stdout + process.stderr
 
 
-def test_without_credentials_it_skips_and_says_what_is_missing(emulator):
-    code, output = live_check({"SCIDATA_LIVE_SOURCE": SRC})
+def test_without_credentials_it_skips_and_says_what_is_missing(emulator, tmp_path):
+    code, output = live_check({"SCIDATA_LIVE_SOURCE": SRC}, tmp_path)
     assert code == 0, output
     assert output.startswith("SKIPPED:")
     for name in ("GLOBUS_CLIENT_ID", "GLOBUS_CLIENT_SECRET", "SCIDATA_LIVE_DESTINATION"):
@@ -45,7 +46,7 @@ def test_without_credentials_it_skips_and_says_what_is_missing(emulator):
     assert emulator.requests() == []
 
 
-def test_the_live_playbook_passes_against_the_emulator(emulator):
+def test_the_live_playbook_passes_against_the_emulator(emulator, tmp_path):
     name = "live" + uuid.uuid4().hex[:8]
     source_dir = emulator.root / "src" / name / "godata"
     source_dir.mkdir(parents=True)
@@ -54,9 +55,10 @@ def test_the_live_playbook_passes_against_the_emulator(emulator):
     env = dict(client_env(emulator), SCIDATA_LIVE_SOURCE=SRC, SCIDATA_LIVE_DESTINATION=DST,
                SCIDATA_LIVE_SOURCE_PATH="/%s/godata" % name, SCIDATA_LIVE_DESTINATION_PATH="/~/%s" % name,
                SCIDATA_LIVE_SOURCE_DIR=str(source_dir), SCIDATA_LIVE_POLL_SECONDS="1")
-    code, output = live_check(env)
+    code, output = live_check(env, tmp_path)
     assert code == 0, output[-5000:]
     assert "live check passed" in output and SECRET not in output
+    assert os.listdir(str(tmp_path)) == []  # its work directory is removed once it passed
     [run] = glob.glob(str(emulator.root / "dst" / name / "run-*"))
     for part in ("transfer", "tree"):
         for file_name in FILES:
@@ -66,9 +68,11 @@ def test_the_live_playbook_passes_against_the_emulator(emulator):
     assert sent == sorted(["/%s/godata/%s" % (name, f) for f in FILES] * 2)  # once per module
 
 
-def test_an_unreachable_collection_fails_the_check(emulator):
+def test_an_unreachable_collection_fails_the_check(emulator, tmp_path):
     env = dict(client_env(emulator), SCIDATA_LIVE_SOURCE="0d3a9a3e-0000-4000-8000-0000000000ff",
                SCIDATA_LIVE_DESTINATION=DST, SCIDATA_LIVE_DATA_ACCESS="", SCIDATA_LIVE_POLL_SECONDS="1")
-    code, output = live_check(env)
+    code, output = live_check(env, tmp_path)
     assert code != 0 and "live check FAILED" in output
     assert emulator.tasks() == []
+    kept = output.rsplit("work directory is kept in ", 1)[1].strip()
+    assert os.path.dirname(kept) == str(tmp_path) and os.path.isfile(os.path.join(kept, "variables.json"))
