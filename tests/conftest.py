@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -98,11 +99,8 @@ class PlaybookRunner(object):
         self.env = dict(env, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
 
-    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None,
-                 new_session=False):
-        """Start ansible-playbook; returns (process, result_file) without waiting.
-
-        ``new_session`` puts it in its own process group, so a test can SIGKILL the whole run."""
+    def playbook(self, module, args, check=False, interpreter=None, verbosity=0, name="run", extra_env=None):
+        """Start ansible-playbook; returns (process, result_file) without waiting."""
         result_file = os.path.join(self.workdir, "%s-%s.json" % (name, uuid.uuid4().hex[:8]))
         play = [{
             "hosts": "localhost",
@@ -124,21 +122,26 @@ class PlaybookRunner(object):
         if verbosity:
             argv.append("-" + "v" * verbosity)
         env = dict(self.env, **(extra_env or {}))
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=new_session)
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         return process, result_file
 
+    def start(self, module, args, **kwargs):
+        """Start a run a test can kill inside the module; returns a :class:`KillableRun`."""
+        process, _result_file = self.playbook(module, args, **kwargs)
+        return KillableRun(process, module)
+
     def run_killed_after(self, module, args, seconds, **kwargs):
-        """Run, and SIGKILL the whole run (its process group) if it is still going after
-        ``seconds``; returns whether it was killed."""
-        process, _result_file = self.playbook(module, args, new_session=True, **kwargs)
+        """Run, and kill the module process ``seconds`` after it started (see KillableRun.kill).
+
+        Returns whether a live module was killed: False when the run ended first."""
+        run = self.start(module, args, **kwargs)
         try:
-            process.communicate(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return True
-        return False
+            if run.wait_for_module() is None:
+                return False
+            time.sleep(seconds)
+            return run.kill()
+        finally:
+            run.stop()
 
     def run(self, module, args, **kwargs):
         """Run to completion; returns (result dict, ansible-playbook output)."""
@@ -147,6 +150,123 @@ class PlaybookRunner(object):
         assert process.returncode == 0, output
         with open(result_file) as handle:
             return json.load(handle), output
+
+
+def _proc_stat(pid):
+    """(state, parent pid, start time) of a process, or None once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _proc_argv(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return [arg.decode("utf-8", "replace") for arg in handle.read().split(b"\0") if arg]
+    except OSError:
+        return []
+
+
+def _descendants(root):
+    """{pid: start time} of every process below ``root`` (children by parent pid, from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat:
+                children.setdefault(stat[1], []).append((int(entry), stat[2]))
+    found, todo = {}, [root]
+    while todo:
+        for pid, started in children.get(todo.pop(), ()):
+            found[pid] = started
+            todo.append(pid)
+    return found
+
+
+def _alive(pid, started):
+    stat = _proc_stat(pid)
+    return stat is not None and stat[2] == started and stat[0] not in ("Z", "X")
+
+
+class KillableRun(object):
+    """An ansible-playbook run whose module process a test kills at a moment it chooses.
+
+    ansible-core runs each task in a worker that starts its own session, so signalling the
+    playbook's process group never reaches the module. This walks the process tree below
+    ansible-playbook instead, freezes all of it (SIGSTOP, until no new process appears), kills
+    it, and checks that every process really died."""
+
+    def __init__(self, process, module):
+        self.process = process
+        self.module_file = "AnsiballZ_%s.py" % module.rsplit(".", 1)[-1]
+
+    @staticmethod
+    def alive(process):
+        """Whether a (pid, start time) process still runs (a zombie does not)."""
+        return _alive(*process)
+
+    def module_pid(self):
+        """(pid, start time) of the running module process, or None."""
+        for pid, started in _descendants(self.process.pid).items():
+            argv = _proc_argv(pid)
+            # The interpreter running the module, not the /bin/sh -c lines that start it.
+            if len(argv) == 2 and os.path.basename(argv[1]) == self.module_file and _alive(pid, started):
+                return pid, started
+        return None
+
+    def wait_for_module(self, timeout=120):
+        """Block until the module process runs; None if the playbook ended first."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = self.module_pid()
+            if found or self.process.poll() is not None:
+                return found
+            time.sleep(0.02)
+        raise AssertionError("the module did not start within %d s" % timeout)
+
+    def kill(self):
+        """Freeze and SIGKILL the whole run; returns whether a live module process was killed.
+
+        Fails the test if any process of the run survives."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        frozen = {}
+        while True:
+            new = dict((pid, started) for pid, started in _descendants(self.process.pid).items() if pid not in frozen)
+            if not new:
+                break
+            for pid in new:
+                _signal(pid, signal.SIGSTOP)
+            frozen.update(new)
+        module = self.module_pid()
+        for pid in ([module[0]] if module else []) + sorted(frozen):
+            _signal(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.communicate()
+        end = time.monotonic() + 30
+        survivors = frozen
+        while survivors and time.monotonic() < end:
+            survivors = dict((pid, started) for pid, started in survivors.items() if _alive(pid, started))
+            time.sleep(0.01)
+        assert not survivors, "processes of the killed run still alive: %s" % survivors
+        return module is not None
+
+    def stop(self):
+        """Make sure nothing of the run is left, whether it was killed or ended on its own."""
+        if self.process.returncode is None:
+            if self.process.poll() is None:
+                self.kill()
+            else:
+                self.process.communicate()
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import random
 import time
 import uuid
 
 import pytest
 
-from ansible_collections.scidata.replication.plugins.module_utils._state import StateDB, open_state
+from ansible_collections.scidata.replication.plugins.module_utils._state import StateDB
 from dashboard_browser import db_totals, load_dashboard
 from globus_setup import DST, DST2, SRC, client_env
 
@@ -233,46 +232,6 @@ def test_bad_label_fails_before_any_request(ansible, emulator, tmp_path, label):
     assert result["failed"] and "label" in result["msg"]
     assert emulator.admin("GET", "/_emulator/requests")["requests"] == []
     assert not os.path.exists(str(tmp_path / "state.db"))
-
-
-def test_sigkill_at_random_points_never_double_submits(ansible, emulator, tmp_path):
-    """30 runs, each adding two items, killed (whole process group) at a random moment; then
-    one run to the end. Every item must be in exactly one task and nothing left unconfirmed."""
-    name = "k" + uuid.uuid4().hex[:8]
-    paths = []
-    for number in range(60):
-        directory = emulator.root / "src" / name / ("d%02d" % number)
-        directory.mkdir(parents=True)
-        (directory / "f.nc").write_bytes(b"%d" % number)
-        paths.append("%s/d%02d/" % (name, number))
-    state_db = str(tmp_path / "state.db")
-
-    def args(count):
-        return {"state_db": state_db, "max_active_tasks": 1000, "max_submissions_per_run": 1000, "lock_timeout": 30,
-                "routes": [{"name": "k", "source_collection": SRC, "items": paths[:count],
-                            "destinations": [{"collection": DST, "prefix": "/killed"}]}]}
-
-    emulator.configure(limits={"max_active_tasks": 100, "max_pending_tasks": 1000, "requests_per_second": 1000})
-    rng = random.Random(4242)
-    killed = 0
-    try:
-        for trial in range(30):
-            killed += ansible.run_killed_after("scidata.replication.globus_transfer", args(2 * (trial + 1)),
-                                               rng.uniform(0.3, 2.5), name="kill", extra_env=client_env(emulator))
-        final = run(ansible, emulator, "globus_transfer", args(60))
-        assert final["routes"]["k"]["counts"]["PENDING"] == 0
-    finally:
-        emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
-    assert killed >= 10  # the trials really interrupted runs
-    tasks = emulator.tasks()
-    sent = [item["source_path"] for task in tasks for item in task["items"]]
-    assert sorted(sent) == sorted("/" + p for p in paths)  # every item exactly once
-    db = open_state(state_db)
-    assert db.scalar("SELECT count(*) FROM globus_tasks WHERE status = 'UNSUBMITTED'") == 0
-    assert db.scalar("SELECT count(*) FROM globus_tasks") == len(tasks)
-    assert db.scalar("SELECT count(*) FROM transfer_items WHERE status IN ('ACTIVE', 'SUCCEEDED')") == 60
-    db.close()
-    emulator.wait_idle(timeout=120)
 
 
 def test_delete_after_success_only_unmodified_and_fully_replicated(ansible, emulator, tree, tmp_path):

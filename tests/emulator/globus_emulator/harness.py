@@ -144,6 +144,14 @@ class EmulatorProcess:
     def add_fault(self, **rule) -> int:
         return self.admin("POST", "/_emulator/faults", rule)["ids"][0]
 
+    def fault(self, rule_id: int) -> dict:
+        """One rule as it stands now (``fired``, and ``held`` for hold rules)."""
+        return next(r for r in self.admin("GET", "/_emulator/faults")["rules"] if r["id"] == rule_id)
+
+    def release(self, rule_id: int) -> None:
+        """Let go of the requests a ``hold`` rule keeps waiting."""
+        self.admin("POST", f"/_emulator/faults/{rule_id}/release")
+
     def tasks(self) -> list:
         return self.admin("GET", "/_emulator/tasks")["tasks"]
 

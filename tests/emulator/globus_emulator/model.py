@@ -112,6 +112,26 @@ def event(code, description, details, is_error):
             "is_error": is_error, "time": iso(now())}
 
 
+def pause_rule(collection, message, task_type):
+    """A ``pause_rule_limited`` document: what a task owner sees of the rule that paused a task."""
+    return {
+        "DATA_TYPE": "pause_rule_limited",
+        "id": str(uuid.uuid4()),
+        "message": message,
+        "start_time": iso(now()),
+        "endpoint_id": collection.id,
+        "endpoint_display_name": collection.display_name,
+        "identity_id": None,  # the rule applies to every user of the collection
+        "pause_ls": False,
+        "pause_mkdir": False,
+        "pause_rename": False,
+        "pause_symlink": False,
+        "pause_task_delete": task_type == "DELETE",
+        "pause_task_transfer_delete": False,
+        "pause_task_transfer_read": task_type == "TRANSFER",
+    }
+
+
 class Task:
     """A submitted transfer or delete and everything the service records about it."""
 
@@ -141,6 +161,7 @@ class Task:
         self.fatal_error = None
         self.cancel_requested = False
         self.pause_request = None
+        self.pause_rule = None  # while paused: the pause_rule_limited document behind it
         self.discard = False
         self.files = 0
         self.directories = 0
@@ -292,6 +313,13 @@ class Task:
         if not with_data_type:
             del doc["DATA_TYPE"]
         return doc
+
+    def pause_info_doc(self):
+        """``GET /task/<id>/pause_info``: the rules pausing the task now (none once it runs again)."""
+        rules = [dict(self.pause_rule)] if self.is_paused and self.pause_rule else []
+        return {"DATA_TYPE": "pause_info_limited", "pause_rules": rules,
+                "source_pause_message": None, "destination_pause_message": None,
+                "source_pause_message_share": None, "destination_pause_message_share": None}
 
     def admin_doc(self):
         """Everything, for test assertions (``GET /_emulator/tasks``)."""

@@ -80,12 +80,17 @@ class TransferPlanner:
             if recursive and not is_dir:
                 raise TaskError("NOT_A_DIRECTORY", "not a directory",
                                 f"{item['source_path']} is a file but the item is recursive")
+            if is_dir and item.get("external_checksum"):
+                raise TaskError("INVALID_ARGUMENT", "invalid argument",
+                                f"{item['source_path']} is a directory; external_checksum needs a file")
             if is_dir and not recursive:
                 raise TaskError("IS_A_DIRECTORY", "is a directory",
                                 f"{item['source_path']} is a directory; submit it with recursive=true")
             if not is_dir:
                 size = os.path.getsize(src)
-                ops.append(file_op(src, dst, item["source_path"], item["destination_path"]))
+                op = file_op(src, dst, item["source_path"], item["destination_path"])
+                op.update((key, item[key]) for key in ("external_checksum", "checksum_algorithm") if item.get(key))
+                ops.append(op)
                 self.files += 1
                 self.total_bytes += size
                 continue

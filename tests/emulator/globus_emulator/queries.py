@@ -4,11 +4,16 @@
 """Query-string parsing for the listing resources: integers, ``filter`` clauses, ``orderby``.
 
 Filters follow the Transfer API syntax: clauses joined by ``/``, each ``field:value`` with
-comma-separated alternatives, ``~`` for a substring (labels) and ``start,end`` time ranges in which
-either end may be empty.
+comma-separated alternatives and ``start,end`` time ranges in which either end may be empty.
+Label values are exact (``name`` or ``=name``) or, after ``~``, case-insensitive patterns in which
+``*`` matches anything; ``!`` negates a value. A task matches when its label matches one of the
+plain values (if there are any) and none of the negated ones; a task without a label matches no
+value, so it passes a filter made of negated values only.
 """
 
 from __future__ import annotations
+
+import re
 
 from .util import APIError, parse_time
 
@@ -48,13 +53,7 @@ def task_filters(text):
             wanted = {v.upper() for v in values}
             predicates.append(lambda t, w=wanted: t.status in w)
         elif key == "label":
-            if value.startswith("~"):
-                pattern = value[1:]
-                predicates.append(lambda t, p=pattern: t.label is not None and p.lower() in t.label.lower())
-            elif value.startswith("!"):
-                predicates.append(lambda t, v=value[1:]: t.label != v)
-            else:
-                predicates.append(lambda t, v=value: t.label == v)
+            predicates.append(label_filter(value.split(",")))
         elif key in ("request_time", "completion_time"):
             try:
                 lo, hi = time_range(value)
@@ -74,6 +73,27 @@ def task_filters(text):
         else:
             raise APIError(400, "ClientError.BadRequest", f"Unsupported filter field '{key}'")
     return predicates
+
+
+def label_matcher(value):
+    """One label value (without ``!``): exact, or a ``~`` pattern with ``*`` wildcards."""
+    if value.startswith("~"):
+        pattern = re.compile(".*".join(re.escape(part) for part in value[1:].split("*")), re.IGNORECASE | re.DOTALL)
+        return lambda label: label is not None and pattern.fullmatch(label) is not None
+    exact = value[1:] if value.startswith("=") else value
+    return lambda label: label == exact
+
+
+def label_filter(values):
+    wanted = [label_matcher(v) for v in values if v and not v.startswith("!")]
+    unwanted = [label_matcher(v[1:]) for v in values if v.startswith("!")]
+
+    def matches(task):
+        if wanted and not any(m(task.label) for m in wanted):
+            return False
+        return not any(m(task.label) for m in unwanted)
+
+    return matches
 
 
 def order_tasks(tasks, orderby):

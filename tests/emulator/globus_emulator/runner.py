@@ -11,17 +11,18 @@ under the state lock; bytes are copied outside it.
 from __future__ import annotations
 
 import errno
-import hashlib
+import itertools
 import os
 import shutil
 import time
 
 from .faults import SKIPPABLE_CODES
-from .model import PAUSED_DEADLINE
+from .model import PAUSED_DEADLINE, pause_rule
 from .planner import DeletePlanner, TaskError, TransferPlanner, describe, match_filter_rules
-from .util import iso, now
+from .util import file_checksum, iso, now
 
 CHUNK = 1 << 20
+VERIFY_ATTEMPTS = 5  # copies of one file whose checksum must match before the task fails (the service retries longer)
 STARTED_DETAILS = {"type": "GridFTP Transfer", "concurrency": 2, "parallelism": 4, "pipelining": 20}
 
 
@@ -47,10 +48,14 @@ def finish_fatal(task, code, description, details):
     task.finish("FAILED", {"code": code, "description": description})
 
 
-def park_paused(task, message, nice_status):
+def park_paused(task, message, nice_status, collection_id=None):
+    """Pause the task as a pause rule on one of its collections does (the destination unless named)."""
     task.is_paused = True
     task.phase = "paused"
     task.problem = (nice_status, "paused", message)
+    collections = [c for c in (task.destination, task.source) if c]
+    paused_on = next((c for c in collections if c.id == str(collection_id or "").lower()), collections[0])
+    task.pause_rule = pause_rule(paused_on, message, task.type)
     task.add_event("PAUSED", "paused", message, True)
     if not task.user_deadline:
         task.deadline = now() + PAUSED_DEADLINE
@@ -69,6 +74,7 @@ class Runner:
         self.rate = None
         self.progress_start = now()
         self.progress_bytes = 0
+        self.corruptions = 0  # copies a ``corrupt`` fault still damages
 
     # ------------------------------------------------------------ control
 
@@ -211,11 +217,13 @@ class Runner:
                 rule["applied"] = True
             if kind == "slow":
                 self.rate = rule["bytes_per_second"]
+            elif kind == "corrupt":
+                self.corruptions = int(rule.get("repeat", 1))
             elif kind == "pause":
                 with state.lock:
                     self.flush_progress()
                     message = rule.get("message") or "The task was paused by an administrator"
-                    park_paused(task, message, rule.get("nice_status", "PAUSED"))
+                    park_paused(task, message, rule.get("nice_status", "PAUSED"), rule.get("collection_id"))
                 raise Stop()
             elif kind == "inactive":
                 code = rule.get("code", "NO_CREDENTIALS")
@@ -346,23 +354,53 @@ class Runner:
                 task.files_skipped += 1
                 task.sub_succeeded += 1
             return
-        try:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            self.stream(src, dst)
-            if task.options.get("preserve_timestamp"):
-                os.utime(dst, (int(st.st_atime), int(st.st_mtime)))
-        except OSError as exc:
-            raise os_error(exc, op, source_side=isinstance(exc, FileNotFoundError)) from None
-        if task.options.get("verify_checksum"):
-            if md5(src) != md5(dst):
-                raise TaskError("VERIFY_CHECKSUM", "verify checksum", self.error_details(op, "Checksum mismatch"))
+        algorithm = op.get("checksum_algorithm", "MD5").upper()
+        expected = op.get("external_checksum")
+        verify = bool(task.options.get("verify_checksum") or expected)
+        source_sum = file_checksum(src, algorithm) if verify else None
+        if expected and source_sum != expected.lower():
+            # docs (transfer_item): an external_checksum that does not match fails the whole task
+            raise TaskError("VERIFY_CHECKSUM", "verify checksum", self.error_details(
+                op, f"Checksum mismatch: the source file has {algorithm} {source_sum}, expected {expected}"))
+        for failed_checks in itertools.count(1):
+            self.write_copy(op, st)
+            if not verify:
+                break
+            destination_sum = file_checksum(dst, algorithm)
             with state.lock:
                 task.bytes_checksummed += st.st_size
+            if destination_sum == source_sum:
+                break
+            message = f"Checksum mismatch: the destination file has {algorithm} {destination_sum}, the source {source_sum}"
+            if failed_checks >= VERIFY_ATTEMPTS:
+                raise TaskError("VERIFY_CHECKSUM", "verify checksum", self.error_details(op, message))
+            with state.lock:  # the service retries the file; the error event shows the mismatch
+                task.faults += 1
+                task.add_event("VERIFY_CHECKSUM", "verify checksum", self.error_details(op, message), True)
         with state.lock:
             task.files_transferred += 1
             task.sub_succeeded += 1
             task.successful.append({"DATA_TYPE": "successful_transfer", "source_path": op["cpaths"][0],
-                                    "destination_path": op["cpaths"][1]})
+                                    "destination_path": op["cpaths"][1], "size": st.st_size,
+                                    "checksum": source_sum, "checksum_algorithm": algorithm if verify else None,
+                                    "dynamic": False})
+
+    def write_copy(self, op, st):
+        """Copy the bytes (damaged while a ``corrupt`` fault lasts) and the timestamp if asked."""
+        src, dst = op["src"], op["dst"]
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            self.stream(src, dst)
+            if self.corruptions and st.st_size:
+                self.corruptions -= 1
+                with open(dst, "r+b") as handle:
+                    first = handle.read(1)
+                    handle.seek(0)
+                    handle.write(bytes([first[0] ^ 0xFF]))
+            if self.task.options.get("preserve_timestamp"):
+                os.utime(dst, (int(st.st_atime), int(st.st_mtime)))
+        except OSError as exc:
+            raise os_error(exc, op, source_side=isinstance(exc, FileNotFoundError)) from None
 
     def in_sync(self, level, src, dst, st):
         """sync_level semantics (docs, task submission): True means skip the file."""
@@ -375,7 +413,7 @@ class Runner:
             return int(st.st_mtime) <= int(dst_st.st_mtime)
         with self.state.lock:
             self.task.bytes_checksummed += st.st_size
-        return dst_st.st_size == st.st_size and md5(src) == md5(dst)
+        return dst_st.st_size == st.st_size and file_checksum(src) == file_checksum(dst)
 
     def limit(self):
         rates = [r for r in (self.state.transfer_rate, self.rate) if r]
@@ -462,11 +500,3 @@ def os_error(exc, op, source_side):
             errno.EISDIR: "IS_A_DIRECTORY"}.get(exc.errno, "ENDPOINT_ERROR")
     return TaskError(code, describe(code), f"{exc.strerror}: {exc.filename}", source_side=source_side,
                      paths=op.get("cpaths", (None, None)))
-
-
-def md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()

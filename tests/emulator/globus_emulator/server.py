@@ -35,6 +35,8 @@ DEFAULT_FAULT_CODES = {
 
 
 class Response:
+    """One HTTP response; ``status`` None closes the connection without an answer."""
+
     def __init__(self, status, body=None, headers=None, content_type="application/json"):
         self.status = status
         self.body = body
@@ -65,6 +67,7 @@ class App:
             ("GET", r"/v0.10/task/(?P<task_id>[^/]+)/event_list", self.event_list),
             ("GET", r"/v0.10/task/(?P<task_id>[^/]+)/successful_transfers", self.successful_transfers),
             ("GET", r"/v0.10/task/(?P<task_id>[^/]+)/skipped_errors", self.skipped_errors),
+            ("GET", r"/v0.10/task/(?P<task_id>[^/]+)/pause_info", self.pause_info),
             ("POST", r"/v0.10/task/(?P<task_id>[^/]+)/cancel", self.cancel_task),
             ("GET", r"/v0.10/endpoint/(?P<endpoint_id>[^/]+)", self.get_endpoint),
             ("GET", r"/v0.10/operation/endpoint/(?P<endpoint_id>[^/]+)/ls", self.operation_ls),
@@ -81,6 +84,7 @@ class App:
             ("GET", r"/_emulator/faults", self.admin_faults),
             ("POST", r"/_emulator/faults", self.admin_add_faults),
             ("DELETE", r"/_emulator/faults", self.admin_clear_faults),
+            ("POST", r"/_emulator/faults/(?P<rule_id>[0-9]+)/release", self.admin_release_fault),
             ("POST", r"/_emulator/reset", self.admin_reset),
             ("POST", r"/_emulator/wait", self.admin_wait),
             ("GET", r"/_emulator/config", self.admin_config),
@@ -105,9 +109,7 @@ class App:
             else:
                 response = self.handle_transfer(method, path, query, headers, body)
         except APIError as err:
-            response = Response(err.status, err.body(_resource(path)), err.headers)
-        except OAuthError as err:
-            response = Response(err.status, err.body(), err.headers)
+            response = _error_response(err, path)
         except Exception:  # report instead of dropping the connection
             log.exception("unhandled error for %s %s", method, raw_path)
             response = Response(500, {"code": "InternalServerError", "message": "emulator error",
@@ -143,12 +145,31 @@ class App:
     def handle_transfer(self, method, path, query, headers, raw_body):
         body = _json_body(raw_body) if method in ("POST", "PUT") else None
         touched, paths = self.touched(path, query, body)
+
+        def answer():
+            grant = self.state.auth.validate_bearer(headers.get("Authorization"))
+            self.state.check_rate(grant)
+            return self.route(self.transfer_routes, method, path, query, body, grant)
+
+        return self.with_faults(method, path, touched, paths, answer)
+
+    def with_faults(self, method, path, touched, paths, answer):
+        """``answer()`` the request unless a fault rule answers it instead or holds it."""
         fault = self.state.faults.take_http(method, path, touched, paths)
-        if fault:
+        if fault and fault["kind"] != "hold":
             return self.fault_response(fault, path, touched)
-        grant = self.state.auth.validate_bearer(headers.get("Authorization"))
-        self.state.check_rate(grant)
-        return self.route(self.transfer_routes, method, path, query, body, grant)
+        if fault and fault.get("phase", "before") == "before":
+            self.state.faults.hold(fault)
+            return Response(None)
+        try:
+            response = answer()
+        except APIError as err:
+            response = _error_response(err, path)
+        except OAuthError as err:
+            response = Response(err.status, err.body(), err.headers)
+        if fault:
+            self.state.faults.hold(fault)
+        return response
 
     def touched(self, path, query, body):
         """Collections and collection paths a request touches, for fault matching."""
@@ -216,6 +237,11 @@ class App:
     def skipped_errors(self, grant, task_id, query, **_):
         return self.state.marker_page(grant, task_id, query, "skipped_errors")
 
+    def pause_info(self, grant, task_id, **_):
+        task = self.state.visible_task(grant, task_id)
+        with self.state.lock:
+            return task.pause_info_doc()
+
     def cancel_task(self, grant, task_id, **_):
         return self.state.cancel(grant, task_id)
 
@@ -245,10 +271,9 @@ class App:
     # ------------------------------------------------------------ Auth
 
     def handle_auth(self, method, path, query, headers, raw_body):
-        touched, paths = set(), []
-        fault = self.state.faults.take_http(method, path, touched, paths)
-        if fault:
-            return self.fault_response(fault, path, touched)
+        return self.with_faults(method, path, set(), [], lambda: self.answer_auth(method, path, query, headers, raw_body))
+
+    def answer_auth(self, method, path, query, headers, raw_body):
         auth = self.state.auth
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(raw_body.decode() if raw_body else "").items()}
         if method == "POST" and path == "/v2/oauth2/token":
@@ -308,6 +333,13 @@ class App:
         except (ValueError, re.error, AttributeError) as exc:
             raise APIError(400, "ClientError.BadRequest", f"Invalid fault rule: {exc}") from None
         return {"ids": ids}
+
+    def admin_release_fault(self, rule_id, **_):
+        try:
+            self.state.faults.release(int(rule_id))
+        except KeyError:
+            raise APIError(404, "ClientError.NotFound", f"No hold rule {rule_id}") from None
+        return {"released": int(rule_id)}
 
     def admin_clear_faults(self, **_):
         self.state.faults.clear()
@@ -401,6 +433,10 @@ def _resource(path):
     return path[len("/v0.10"):] if path.startswith("/v0.10/") else path
 
 
+def _error_response(err, path):
+    return Response(err.status, err.body(_resource(path)), err.headers)
+
+
 def _json_body(raw):
     if not raw:
         return None
@@ -418,6 +454,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         response = self.server.app.handle(method, self.path, self.headers, body)
+        if response.status is None:
+            self.close_connection = True
+            return
         payload = response.payload()
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)

@@ -19,7 +19,7 @@ from . import auth as auth_mod
 from .faults import FaultRules
 from .model import Collection, Task
 from .queries import int_param, order_tasks, task_filters
-from .util import APIError, is_uuid, now, parse_time, request_id
+from .util import CHECKSUM_ALGORITHMS, APIError, is_uuid, now, parse_time, request_id
 
 SYNC_LEVELS = {"exists": 0, "size": 1, "mtime": 2, "checksum": 3}
 TASK_LIST_MAX = 1000  # limit cap, and the furthest offset+limit reaches (SDK paginator agrees)
@@ -280,6 +280,7 @@ class State:
                     "source_path": self._path(entry.get("source_path"), "source_path"),
                     "destination_path": self._path(entry.get("destination_path"), "destination_path"),
                     "recursive": recursive,
+                    **self._checksum_fields(entry, recursive),
                 })
             else:
                 if entry.get("DATA_TYPE", "delete_item") != "delete_item":
@@ -311,6 +312,23 @@ class State:
                 "source_local_user": doc.get("local_user"),
             })
         return items, options
+
+    @staticmethod
+    def _checksum_fields(entry, recursive):
+        """``external_checksum`` (files only) and ``checksum_algorithm`` (MD5 unless named) of an item."""
+        fields = {}
+        for key in ("external_checksum", "checksum_algorithm"):
+            value = entry.get(key)
+            if value is not None and not isinstance(value, str):
+                raise APIError(400, "ClientError.BadRequest", f"'{key}' must be a string")
+            if value:
+                fields[key] = value
+        if fields.get("checksum_algorithm") and fields["checksum_algorithm"].upper() not in CHECKSUM_ALGORITHMS:
+            raise APIError(400, "ClientError.BadRequest",
+                           f"Unsupported checksum_algorithm '{fields['checksum_algorithm']}'")
+        if fields.get("external_checksum") and recursive:
+            raise APIError(400, "ClientError.BadRequest", "external_checksum cannot be used with a recursive item")
+        return fields
 
     @staticmethod
     def _result(data_type, code, task_id, submission_id, resource, message):

@@ -11,11 +11,15 @@ task documents and events use ``2021-09-02T18:04:47+00:00`` while directory list
 from __future__ import annotations
 
 import datetime
+import hashlib
+import http
 import os
 import posixpath
 import secrets
 import string
 import time
+import uuid
+import zlib
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -48,9 +52,12 @@ class OAuthError(Exception):
         self.headers = headers or {}
 
     def body(self):
-        doc = {"error": self.error}
-        if self.description:
-            doc["error_description"] = self.description
+        """The OAuth2 fields plus the ``errors`` list recorded Auth responses carry (globus_sdk.testing):
+        the SDK takes an error's ``code`` from there."""
+        title = http.HTTPStatus(self.status).phrase
+        doc = {"error": self.error, "error_description": self.description or title,
+               "errors": [{"status": str(self.status), "id": str(uuid.uuid1()), "code": self.error.upper(),
+                           "title": title, "detail": self.description or title}]}
         return doc
 
 
@@ -127,10 +134,38 @@ def contained(root, local):
 
 
 def is_uuid(text):
-    import uuid
-
     try:
         uuid.UUID(str(text))
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _digest(name):
+    def compute(handle):
+        digest = hashlib.new(name)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        return digest.hexdigest()
+
+    return compute
+
+
+def _running(function):
+    def compute(handle):
+        value = function(b"")
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            value = function(block, value)
+        return "%08x" % value
+
+    return compute
+
+
+CHECKSUM_ALGORITHMS = {"MD5": _digest("md5"), "SHA1": _digest("sha1"), "SHA256": _digest("sha256"),
+                       "SHA512": _digest("sha512"), "ADLER32": _running(zlib.adler32), "CRC32": _running(zlib.crc32)}
+
+
+def file_checksum(path, algorithm="MD5"):
+    """Hex checksum of a file with one of CHECKSUM_ALGORITHMS (names are case-insensitive)."""
+    with open(path, "rb") as handle:
+        return CHECKSUM_ALGORITHMS[algorithm.upper()](handle)

@@ -118,6 +118,7 @@ class Worker:
             if task.phase == "paused":
                 task.is_paused = False
                 task.problem = None
+                task.pause_rule = None
                 task.add_event("UNPAUSED", "unpaused", "The task was resumed", False)
                 if not task.user_deadline:
                     task.deadline = now() + TASK_DEFAULT_DEADLINE
