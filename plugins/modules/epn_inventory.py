@@ -26,7 +26,7 @@ extends_documentation_fragment:
   - scidata.replication._epn
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_epn
 attributes:
   check_mode:
     support: full

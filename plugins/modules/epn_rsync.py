@@ -38,7 +38,7 @@ extends_documentation_fragment:
   - scidata.replication._epn.portal
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_epn
 attributes:
   check_mode:
     support: full

@@ -19,7 +19,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._attributes
   - scidata.replication._attributes.info_module
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_globus
 options:
   collections:
     description:

@@ -21,7 +21,6 @@ description:
     M(ansible.builtin.pause).
 extends_documentation_fragment:
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
 attributes:
   check_mode:
     support: full

@@ -23,7 +23,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_globus
 attributes:
   check_mode:
     support: full

@@ -33,7 +33,7 @@ description:
 extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state
 attributes:
   check_mode:
     support: full

@@ -20,7 +20,7 @@ description:
 extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state
 attributes:
   check_mode:
     support: full
@@ -43,9 +43,9 @@ EXAMPLES = r"""
   scidata.replication.state_schema:
     state_db: postgresql://replication@db.example.org/replication
 
-- name: Set the database once for every module of the collection
+- name: Set the database once for every module that keeps state
   module_defaults:
-    group/scidata.replication.replication:
+    group/scidata.replication.state:
       state_db: /var/lib/scidata-replication/state.db
   block:
     - name: Prepare it
