@@ -19,7 +19,7 @@ description:
     replicas between two sites, and can serve as an overflow used only while another route has a
     paused task (O(routes[].overflow_for)).
   - Failed items are resubmitted after an exponential backoff, with C(sync_level=checksum), until
-    O(max_attempts) is reached; then they are reported in RV(routes[].failed_items) and left alone.
+    O(max_attempts) is reached; then they are reported in C(failed_items) of their route in RV(routes) and left alone.
   - Every task is submitted exactly once (its submission id is committed to the state database
     before the request), so a run killed at any point can simply be run again.
   - Run M(scidata.replication.globus_task_events) on a schedule as well, to collect task events.
@@ -172,7 +172,7 @@ options:
         route, has SUCCEEDED, and only if nothing under it was modified after its transfer started.
         Globus gives both times in whole seconds, so a change in the same second as the transfer request
         counts as after it and keeps the source.
-      - Sources that are kept are reported in RV(routes[].deletions.blocked) with the reason.
+      - Sources that are kept are reported with the reason in C(deletions.blocked) of their route in RV(routes).
     type: bool
     default: false
 seealso:
@@ -216,7 +216,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 routes:
-  description: Per route, what happened and where its items stand.
+  description: Per route, keyed by the route's name, what happened and where its items stand; each value holds the keys below.
   returned: success
   type: dict
   sample:
