@@ -112,7 +112,7 @@ def test_globus_sdk_requirement_is_the_same_everywhere():
     transfer_host role's virtual environment and the guides give the same one."""
     (bound,) = [r for r in requirement_lines("ee-requirements.txt") if r.startswith("globus-sdk")]
     assert bound == "globus-sdk>=4.4.1,<5"
-    paths = ["plugins/module_utils/_globus.py", "README.md", "docs/awx.md"]
+    paths = ["plugins/module_utils/_globus.py", "README.md", "docs/docsite/rst/guide_awx.rst"]
     paths += glob.glob("plugins/*/*.py", root_dir=COLLECTION_ROOT)
     paths += ["roles/transfer_host/defaults/main.yml", "roles/transfer_host/meta/argument_specs.yml"]
     found = {}
