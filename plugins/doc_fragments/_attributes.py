@@ -20,6 +20,8 @@ attributes:
     description:
       - When run twice in a row outside check mode, with the same arguments, the second invocation
         indicates no change.
+requirements:
+  - Python 3.9 or later on the host that runs the module (older versions are refused with a clear message)
 """
 
     # For modules that only read.
@@ -51,7 +53,9 @@ attributes:
     ACTIONGROUP_STATE_GLOBUS = r"""
 attributes:
   action_group:
-    description: In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options; C(group/scidata.replication.globus) sets the Globus options.
+    description:
+      - In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options.
+      - C(group/scidata.replication.globus) sets the Globus options.
     support: full
     membership:
       - scidata.replication.state
@@ -62,7 +66,9 @@ attributes:
     ACTIONGROUP_STATE_EPN = r"""
 attributes:
   action_group:
-    description: In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options; C(group/scidata.replication.epn) sets the facility SSH connection options.
+    description:
+      - In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options.
+      - C(group/scidata.replication.epn) sets the facility SSH connection options.
     support: full
     membership:
       - scidata.replication.state

@@ -212,7 +212,7 @@ def parse_state_db(state_db):
     if scheme in ("postgresql", "postgres"):
         try:
             uri = urlsplit(state_db)
-            password_in_query = any(key.strip().lower() == "password" for key, _ in parse_qsl(uri.query, keep_blank_values=True))
+            password_in_query = any(pair[0].strip().lower() == "password" for pair in parse_qsl(uri.query, keep_blank_values=True))
             has_password = uri.password is not None or password_in_query
         except ValueError:
             raise ConfigError("state_db is not a valid postgresql:// URI (see the libpq connection URI format)") from None

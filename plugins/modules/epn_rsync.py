@@ -203,6 +203,7 @@ options:
     default: 300
 requirements:
   - rsync on the target and on O(host) (3.4.0 or later recommended), and the OpenSSH client on the target.
+  - PyYAML on the target for O(import_ignore_file) (installed with ansible-core).
 notes:
   - The module fails when an EPN failed, when rsync was told to stop (exit code 20), or when SSH refused the host
     key or the login; RV(epns) then still lists every EPN with its outcome.

@@ -103,7 +103,7 @@ run_stage "ansible-lint (production profile)" env ANSIBLE_COLLECTIONS_PATH="$(di
   ansible-lint --offline "${lint_paths[@]}"
 pytest_dirs=(tests/system)
 [ -d tests/emulator/tests ] && pytest_dirs+=(tests/emulator/tests)
-run_stage "pytest: emulator and playbook-driven system tests" python -m pytest -p no:cacheprovider -q -ra \
+run_stage "pytest: emulator and playbook-driven system tests" env SCIDATA_FLOOR_BIN="$floor" python -m pytest -p no:cacheprovider -q -ra \
   --ignore tests/system/test_publication.py "${pytest_dirs[@]}"
 
 demo_dir=$(mktemp -d /tmp/scidata-demo-XXXXXX)
