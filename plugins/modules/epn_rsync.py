@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: epn_rsync
 short_description: Repatriate synchrotron experiment data (EPNs) with rsync over SSH
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Pulls the data folder of each EPN (experiment proposal number) from the facility's SSH server with
     C(rsync) into a project folder, and records every attempt in the state database. It does what mxsync

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: globus_transfer
 short_description: Replicate lists of paths between Globus collections, tracking every item
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Ensures that a set of source paths is replicated to one or more destination collections. Every
     (path, destination) pair is an item in the state database; a run registers new items, refreshes

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: state_schema
 short_description: Ensure the replication state database exists with a current schema
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Creates the state database shared by every module of this collection (SQLite file or PostgreSQL
     database) and applies the pending schema migrations.
