@@ -13,7 +13,7 @@ mkdir -p "$dest/rst"
 chmod og-w "$dest/rst"  # antsibull-docs writes only into a directory that others cannot write
 antsibull-docs --config-file "$dest/antsibull-docs.cfg" collection --use-current --fail-on-error \
   --cleanup everything --dest-dir "$dest/rst" scidata.replication >/dev/null
-sphinx-build -M html "$dest/rst" "$dest/build" -q -c "$dest" -w "$dest/warnings.txt" || { cat "$dest/warnings.txt"; exit 1; }
+sphinx-build -M html "$dest/rst" "$dest/build" -q -c "$dest" -w "$dest/warnings.txt" 2>/dev/null || { cat "$dest/warnings.txt"; exit 1; }
 # Without the inventories, references into docs.ansible.com and docs.python.org stay undefined too;
 # references to this collection's own pages must resolve.
 offline="failed to reach any of the inventories|^intersphinx inventory|undefined label: '(ansible_collections\.ansible\.builtin\.[a-z_]+|common_return_values|ansible_configuration_settings)'"
