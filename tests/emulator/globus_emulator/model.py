@@ -214,10 +214,10 @@ class Task:
             code, desc, details = tuple(self.inactive_code)
             return code, desc, details, -1, False
         if self.is_paused:
-            code, desc, details = tuple(self.problem or ("PAUSED", "paused", None))
+            code, desc, details = self.problem or ("PAUSED", "paused", None)
             return code, desc, details, -1, False
         if self.problem:
-            code, desc, details = self.problem
+            code, desc, details = tuple(self.problem)
             return code, desc, details, 1, False
         if self.phase == "queued":
             return "Queued", "Queued", None, -1, True
