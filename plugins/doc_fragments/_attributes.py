@@ -20,6 +20,8 @@ attributes:
     description:
       - When run twice in a row outside check mode, with the same arguments, the second invocation
         indicates no change.
+requirements:
+  - Python 3.9 or later on the host that runs the module (older versions are refused with a clear message)
 """
 
     # For modules that only read.
@@ -37,11 +39,48 @@ attributes:
     support: full
 """
 
-    ACTIONGROUP_REPLICATION = r"""
+    # The module_defaults groups of meta/runtime.yml, one fragment per combination a module belongs to.
+    ACTIONGROUP_STATE = r"""
 attributes:
   action_group:
-    description: Use C(group/scidata.replication.replication) in C(module_defaults) to set defaults for this module.
+    description: In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options.
     support: full
     membership:
-      - scidata.replication.replication
+      - scidata.replication.state
+"""
+
+    # State and Globus options.
+    ACTIONGROUP_STATE_GLOBUS = r"""
+attributes:
+  action_group:
+    description:
+      - In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options.
+      - C(group/scidata.replication.globus) sets the Globus options.
+    support: full
+    membership:
+      - scidata.replication.state
+      - scidata.replication.globus
+"""
+
+    # State options and the facility's SSH connection.
+    ACTIONGROUP_STATE_EPN = r"""
+attributes:
+  action_group:
+    description:
+      - In C(module_defaults), C(group/scidata.replication.state) sets the state database, lock and log options.
+      - C(group/scidata.replication.epn) sets the facility SSH connection options.
+    support: full
+    membership:
+      - scidata.replication.state
+      - scidata.replication.epn
+"""
+
+    # Globus options only.
+    ACTIONGROUP_GLOBUS = r"""
+attributes:
+  action_group:
+    description: In C(module_defaults), C(group/scidata.replication.globus) sets the Globus options.
+    support: full
+    membership:
+      - scidata.replication.globus
 """

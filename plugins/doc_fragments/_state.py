@@ -21,8 +21,10 @@ options:
       - V(postgresql://user@host:port/dbname) (any libpq connection URI, including
         V(postgresql:///dbname?host=/run/postgresql) and V(postgresql://?service=name)) selects
         PostgreSQL through psycopg2.
-      - A URI containing a password is refused, because the URI appears in results and logs. Give the
-        password in O(state_db_password), E(PGPASSWORD), C(~/.pgpass) or a libpq service file.
+      - A URI containing a password, in its user information or as a C(password) parameter, is refused,
+        because the URI appears in results and logs. Give the password in O(state_db_password),
+        E(PGPASSWORD), C(~/.pgpass) or a libpq service file.
+      - A libpq C(key=value) connection string is refused too; write it as a URI.
       - The schema is created and migrated automatically, except in check mode.
       - If not set, the value of E(SCIDATA_STATE_DB) is used.
     type: str

@@ -18,6 +18,7 @@ import datetime
 import fcntl
 import json
 import os
+import sys
 import time
 import traceback
 
@@ -32,6 +33,8 @@ from ansible_collections.scidata.replication.plugins.module_utils._state import 
 DEFAULT_STATE_DB = "~/.local/state/scidata-replication/state.db"
 DEFAULT_TOKEN_FILE = "~/.globus/scidata-replication/tokens.json"
 LOCK_POLL_SECONDS = 0.2
+# Documented in the scidata.replication._attributes doc fragment (requirements).
+MIN_PYTHON = (3, 9)
 
 # Documented in the scidata.replication._state doc fragment.
 STATE_ARGUMENT_SPEC = dict(
@@ -101,6 +104,13 @@ class ReplicationModule(object):
         if uses_globus:
             spec.update(GLOBUS_ARGUMENT_SPEC)
         spec.update(argument_spec)
+        if sys.version_info < MIN_PYTHON:
+            # Before validation, which would report a missing option first; secrets stay masked.
+            lenient = dict((name, dict(type="raw", aliases=option.get("aliases", []), no_log=option.get("no_log", False)))
+                           for name, option in spec.items())
+            AnsibleModule(argument_spec=lenient, supports_check_mode=True).fail_json(
+                msg="scidata.replication needs Python %d.%d or later on the managed host; %s is Python %s. Set "
+                    "ansible_python_interpreter to a newer Python." % (MIN_PYTHON + (sys.executable, sys.version.split()[0])))
         self.ansible = AnsibleModule(argument_spec=spec, **kwargs)
         self.params = self.ansible.params
         self.check_mode = self.ansible.check_mode

@@ -213,14 +213,21 @@ LATEST_VERSION = MIGRATIONS[-1][0]
 def parse_state_db(state_db):
     """Return ``(dialect, target)``: a SQLite file path or a libpq connection URI.
 
-    A password inside the URI is refused because the URI is echoed in results and logs.
+    A password anywhere in the value is refused because the value is echoed in results and logs.
     """
+    from urllib.parse import parse_qsl, urlsplit
+
     if not state_db:
         raise ConfigError("state_db must name a SQLite file or a postgresql:// URI")
-    if state_db.startswith(("postgresql://", "postgres://")):
-        authority = state_db.split("://", 1)[1].split("/", 1)[0]
-        userinfo = authority.rpartition("@")[0]
-        if ":" in userinfo:
+    scheme = state_db.split("://", 1)[0].lower() if "://" in state_db else ""
+    if scheme in ("postgresql", "postgres"):
+        try:
+            uri = urlsplit(state_db)
+            password_in_query = any(pair[0].strip().lower() == "password" for pair in parse_qsl(uri.query, keep_blank_values=True))
+            has_password = uri.password is not None or password_in_query
+        except ValueError:
+            raise ConfigError("state_db is not a valid postgresql:// URI (see the libpq connection URI format)") from None
+        if has_password:
             raise ConfigError(
                 "state_db must not contain a password: it would be shown in results and logs. "
                 "Use state_db_password (or SCIDATA_STATE_DB_PASSWORD), PGPASSWORD, ~/.pgpass "
@@ -229,14 +236,22 @@ def parse_state_db(state_db):
         return "postgresql", state_db
     if state_db == ":memory:":
         return "sqlite", state_db
+    if re.match(r"\s*[A-Za-z_]+\s*=", state_db):
+        raise ConfigError(
+            "state_db looks like a libpq key=value connection string, which is not supported: write it as a "
+            "postgresql://user@host:port/dbname URI (password through state_db_password), or a SQLite file whose "
+            "name contains '=' as ./name or sqlite:///name"
+        )
     if state_db.startswith("sqlite:"):
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
         path = state_db[len("sqlite://"):] if state_db.startswith("sqlite://") else ""
         if not path.startswith("/") or len(path) < 2:
             raise ConfigError("a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path, got %s" % state_db)
         path = path[1:]
-    elif "://" in state_db:
-        raise ConfigError("state_db scheme is not supported (use a path, sqlite:/// or postgresql://): %s" % state_db)
+    elif scheme:
+        # Only a well-formed scheme is echoed: the rest may hold credentials.
+        shown = scheme + "://" if re.match(r"[a-z][a-z0-9+.-]*$", scheme) else "of this value"
+        raise ConfigError("state_db scheme %s is not supported (use a path, sqlite:/// or postgresql://)" % shown)
     else:
         path = state_db
     return "sqlite", os.path.abspath(os.path.expanduser(path))

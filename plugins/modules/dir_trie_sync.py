@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: dir_trie_sync
 short_description: Replicate a growing directory tree through Globus, sending only what is new or changed
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Runs on the host that holds the source tree, on a schedule. Each run scans O(src_dir) directory
     by directory, compares every file with a compact per-job index, and submits Globus transfer
@@ -37,7 +37,7 @@ extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._transfer_options
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_globus
 attributes:
   check_mode:
     support: full

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: epn_alert
 short_description: Mail an alert about synchrotron EPNs that have no project folder
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Lists the EPN folders visible over SFTP on O(host), finds those whose base number has no project in
     O(epn_cap_map) ("Unknown ownership of EPNs"), reads their visit details (principal scientist and data
@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - scidata.replication._epn.portal
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_epn
 attributes:
   check_mode:
     support: full

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: epn_inventory
 short_description: Record the synchrotron EPN folders on an SFTP server in the state database
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Walks each EPN folder under C({src_prefix}/{beamline}) on O(host) over SFTP and records, per EPN, its path, the
     total size in bytes and the number of its regular files, and the newest modification time of its files and
@@ -26,7 +26,7 @@ extends_documentation_fragment:
   - scidata.replication._epn
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_epn
 attributes:
   check_mode:
     support: full

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: epn_rsync
 short_description: Repatriate synchrotron experiment data (EPNs) with rsync over SSH
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Pulls the data folder of each EPN (experiment proposal number) from the facility's SSH server with
     C(rsync) into a project folder, and records every attempt in the state database. It does what mxsync
@@ -38,7 +38,7 @@ extends_documentation_fragment:
   - scidata.replication._epn.portal
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_epn
 attributes:
   check_mode:
     support: full
@@ -203,6 +203,7 @@ options:
     default: 300
 requirements:
   - rsync on the target and on O(host) (3.4.0 or later recommended), and the OpenSSH client on the target.
+  - PyYAML on the target for O(import_ignore_file) (installed with ansible-core).
 notes:
   - The module fails when an EPN failed, when rsync was told to stop (exit code 20), or when SSH refused the host
     key or the login; RV(epns) then still lists every EPN with its outcome.

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: globus_collection_info
 short_description: Check that Globus collections are ready for replication
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - For each collection, reads its endpoint document from Globus Transfer and tries to list each
     given path, then says whether the collection is C(ready) for transfers and, if not, why.
@@ -19,7 +19,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._attributes
   - scidata.replication._attributes.info_module
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_globus
 options:
   collections:
     description:

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: globus_login
 short_description: Log a native Globus app in once and keep its refresh token for unattended runs
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - The one-time native-app login, without a terminal prompt inside the module.
   - Without O(auth_code), returns the RV(authorize_url) to open in a browser (C(changed=false)).
@@ -21,7 +21,6 @@ description:
     M(ansible.builtin.pause).
 extends_documentation_fragment:
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
 attributes:
   check_mode:
     support: full

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: globus_task_events
 short_description: Refresh Globus task status and collect task events into the state database
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Refreshes every unfinished task recorded in the state database with C(task_list) filtered by
     task id (up to 1000 tasks per request, never one request per task), and settles the items of
@@ -25,7 +25,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_globus
 attributes:
   check_mode:
     support: full

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: globus_transfer
 short_description: Replicate lists of paths between Globus collections, tracking every item
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Ensures that a set of source paths is replicated to one or more destination collections. Every
     (path, destination) pair is an item in the state database; a run registers new items, refreshes
@@ -19,9 +19,9 @@ description:
     replicas between two sites, and can serve as an overflow used only while another route has a
     paused task (O(routes[].overflow_for)).
   - Failed items are resubmitted after an exponential backoff, with C(sync_level=checksum), until
-    O(max_attempts) is reached; then they are reported in RV(routes[].failed_items) and left alone.
+    O(max_attempts) is reached; then they are reported in C(failed_items) of their route in RV(routes) and left alone.
   - An item is C(SUCCEEDED) only when its task succeeded and skipped no file under it; otherwise it is
-    C(PARTIAL), reported in RV(routes[].partial_items) with the skipped files, and retried like a failed item.
+    C(PARTIAL), reported with the skipped files in C(partial_items) of its route in RV(routes), and retried like a failed item.
   - Every task is submitted exactly once (its submission id is committed to the state database
     before the request), so a run killed at any point can simply be run again.
   - Run M(scidata.replication.globus_task_events) on a schedule as well, to collect task events.
@@ -30,7 +30,7 @@ extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._transfer_options
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state_globus
 attributes:
   check_mode:
     support: full
@@ -177,7 +177,7 @@ options:
         only if a listing of every destination shows each of its files there with the same size.
         Globus gives both times in whole seconds, so a change in the same second as the transfer request
         counts as after it and keeps the source.
-      - Sources that are kept are reported in RV(routes[].deletions.blocked) with the reason.
+      - Sources that are kept are reported with the reason in C(deletions.blocked) of their route in RV(routes).
     type: bool
     default: false
 seealso:
@@ -221,7 +221,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 routes:
-  description: Per route, what happened and where its items stand.
+  description: Per route, keyed by the route's name, what happened and where its items stand; each value holds the keys below.
   returned: success
   type: dict
   sample:

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: replication_report
 short_description: Write the replication dashboard, a static site, from the state database
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Reads the state database shared by the modules of this collection and writes a static web site
     into O(dest) that any web server can serve, for example the C(scidata.replication.dashboard) role.
@@ -33,7 +33,7 @@ description:
 extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state
 attributes:
   check_mode:
     support: full

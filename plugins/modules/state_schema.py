@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: state_schema
 short_description: Ensure the replication state database exists with a current schema
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Creates the state database shared by every module of this collection (SQLite file or PostgreSQL
     database) and applies the pending schema migrations.
@@ -20,7 +20,7 @@ description:
 extends_documentation_fragment:
   - scidata.replication._state
   - scidata.replication._attributes
-  - scidata.replication._attributes.actiongroup_replication
+  - scidata.replication._attributes.actiongroup_state
 attributes:
   check_mode:
     support: full
@@ -43,9 +43,9 @@ EXAMPLES = r"""
   scidata.replication.state_schema:
     state_db: postgresql://replication@db.example.org/replication
 
-- name: Set the database once for every module of the collection
+- name: Set the database once for every module that keeps state
   module_defaults:
-    group/scidata.replication.replication:
+    group/scidata.replication.state:
       state_db: /var/lib/scidata-replication/state.db
   block:
     - name: Prepare it

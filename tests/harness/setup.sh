@@ -22,17 +22,22 @@ for candidate in "$(command -v pyenv >/dev/null && pyenv root || echo /root/.pye
   [ -x "$candidate" ] && { python=$candidate; break; }
 done
 [ -n "$python" ] || { echo "Python 3.12 or 3.13 is needed for ansible-core 2.21" >&2; exit 1; }
-stamp=".venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)"
-if [ ! -e "$stamp" ]; then
-  stage "creating .venv with $python"
-  rm -rf .venv
-  "$python" -m venv .venv
-  if ! .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt >.venv/pip-install.log 2>&1; then
-    grep -v '^WARNING: Location' .venv/pip-install.log >&2
-    echo "pip install -r tests/requirements.txt failed" >&2
+# make_venv DIR REQUIREMENTS: create DIR with $python and the pinned REQUIREMENTS, again only when they
+# change (the stamp file names their hash).
+make_venv() {
+  local dir=$1 requirements=$2 stamp
+  stamp="$dir/.requirements-$(sha256sum "$requirements" | cut -c1-16)"
+  [ -e "$stamp" ] && return 0
+  stage "creating $dir with $python"
+  rm -rf "$dir"
+  "$python" -m venv "$dir"
+  if ! "$dir"/bin/pip install -q --disable-pip-version-check -r "$requirements" >"$dir"/pip-install.log 2>&1; then
+    grep -v '^WARNING: Location' "$dir"/pip-install.log >&2
+    echo "pip install -r $requirements failed" >&2
     exit 1
   fi
   touch "$stamp"
-fi
+}
+make_venv .venv tests/requirements.txt
 export PATH="$repo/.venv/bin:$PATH"
 

@@ -548,34 +548,6 @@ def test_credential_types_inject_what_the_modules_read():
     assert wanted <= injected
 
 
-def test_execution_environment_files():
-    meta = os.path.join(COLLECTION_ROOT, "meta")
-    with open(os.path.join(meta, "execution-environment.yml")) as handle:
-        definition = yaml.safe_load(handle)
-
-    def lines(name):
-        with open(os.path.join(meta, name)) as handle:
-            return [line.split("#")[0].strip() for line in handle if line.split("#")[0].strip()]
-
-    requirements, bindep = lines("ee-requirements.txt"), lines("ee-bindep.txt")
-    assert definition["dependencies"]["python"] == requirements
-    assert definition["dependencies"]["system"] == bindep
-    for requirement in requirements:
-        assert "==" not in requirement and "<" not in requirement and not requirement.startswith("ansible")
-    assert any(r.startswith("globus-sdk>=4.4.1") for r in requirements)
-    assert {"psycopg2-binary", "paramiko", "jinja2", "matplotlib"} <= {r.split(">")[0] for r in requirements}
-    assert any(b.startswith("rsync") for b in bindep) and any(b.startswith("openssh-client") for b in bindep)
-    assert any(b.startswith("libpq") for b in bindep)
-    builder = os.path.join(BIN, "ansible-builder")  # tests/requirements.txt installs it
-    with tempfile.TemporaryDirectory() as context:
-        subprocess.run([builder, "create", "-f", os.path.join(meta, "execution-environment.yml"), "--context",
-                        context, "--output-filename", "Containerfile"], check=True, capture_output=True)
-        containerfile = open(os.path.join(context, "Containerfile")).read()
-        assert "scidata" in containerfile or "_build" in containerfile
-        built = open(os.path.join(context, "_build", "requirements.txt")).read()
-        assert "globus-sdk>=4.4.1" in built
-
-
 def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
     """The rescue of a job playbook mails the error (community.general.mail), then fails the run."""
     dest = tmp_path / "site"

@@ -230,14 +230,15 @@ class Task:
         """(nice_status, short_description, details, expires_in, is_ok) per the task document."""
         if self.done:
             return None, None, None, None, None
+        # The tuple() calls let pylint see past the None these attributes start as.
         if self.status == "INACTIVE":
-            code, desc, details = self.inactive_code
+            code, desc, details = tuple(self.inactive_code)
             return code, desc, details, -1, False
         if self.is_paused:
             code, desc, details = self.problem or ("PAUSED", "paused", None)
             return code, desc, details, -1, False
         if self.problem:
-            code, desc, details = self.problem
+            code, desc, details = tuple(self.problem)
             return code, desc, details, 1, False
         if self.phase == "queued":
             return "Queued", "Queued", None, -1, True
