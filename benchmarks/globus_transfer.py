@@ -27,7 +27,7 @@ from ansible_collections.scidata.replication.plugins.module_utils import _globus
 from ansible_collections.scidata.replication.plugins.module_utils._state import open_state
 from globus_emulator.harness import EmulatorProcess
 
-POLICY = dict(max_active_tasks=3, items_per_task=1, max_attempts=5, retry_backoff=600, retry_backoff_max=86400)
+POLICY = dict(max_active_tasks=3, identity_max_open_tasks=100, items_per_task=1, max_attempts=5, retry_backoff=600, retry_backoff_max=86400)
 
 
 def esgf_like_paths(count):
@@ -49,7 +49,7 @@ def bench_registration(path, count):
         return registered, planned
 
     seconds, (registered, planned) = timed(register_and_plan)
-    assert registered == 2 * count and all(len(batches) == 3 for batches, _reason in planned)
+    assert registered == 2 * count and all(len(batches) == 3 for batches, _reason, _waiting in planned)
     rerun, (again, _planned) = timed(register_and_plan)
     assert again == 0
     db.close()

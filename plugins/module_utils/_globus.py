@@ -275,14 +275,20 @@ def collection_readiness(client, collection_id, paths):
 
 
 # -- exactly-once submission ---------------------------------------------------------------
-def persist_submission(db, client, job, document, link=None, kind="transfer"):
+def new_submission_id(client):
+    with api_errors("get a submission id"):
+        return client.get_submission_id()["value"]
+
+
+def persist_submission(db, client, job, document, link=None, kind="transfer", submission_id=None):
     """Get a submission_id and commit it with the request before anything is POSTed.
 
     ``link(db, submission_id)`` runs in the same transaction, so the items a task carries are
-    tied to it atomically. Returns the submission_id.
+    tied to it atomically. A caller that writes in the same transaction fetches the id first
+    (``new_submission_id``), so that no network call runs inside it. Returns the submission_id.
     """
-    with api_errors("get a submission id"):
-        submission_id = client.get_submission_id()["value"]
+    if submission_id is None:
+        submission_id = new_submission_id(client)
     now = time.time()
     with db.transaction():
         db.execute(

@@ -114,6 +114,15 @@ options:
     description: Open tasks allowed per route (Globus runs 3 transfer tasks per user at once).
     type: int
     default: 3
+  identity_max_open_tasks:
+    description:
+      - Open (not finished) tasks allowed for the Globus identity, counted over every route, job and
+        host that share O(state_db). Globus refuses new tasks from a user who has 100 unfinished ones.
+      - A route that has items to send but no room left reports RV(routes[].waiting_for_budget=true).
+      - Checked in the same database transaction that claims the items, so concurrent runs never
+        exceed it.
+    type: int
+    default: 100
   max_submissions_per_run:
     description: Tasks submitted per run across all routes.
     type: int
@@ -243,6 +252,11 @@ routes:
     reason:
       description: Why nothing was submitted on the route, if so.
       type: str
+    waiting_for_budget:
+      description:
+        - Whether the route had items to send but the identity had O(identity_max_open_tasks) open
+          tasks already.
+      type: bool
     failed_items:
       description: Items that reached O(max_attempts); they are not retried.
       type: list
@@ -274,6 +288,18 @@ tasks:
   sample:
     - {route: llnl-alcf, items: 1, task_id: 5a3f2a1e-0000-4000-8000-000000000001, code: Accepted,
        sync_level: mtime, label: "llnl-alcf CMIP6"}
+task_budget:
+  description: Open tasks of the Globus identity in the state database after this run, and the limit.
+  returned: success
+  type: dict
+  sample: {open_tasks: 3, limit: 100}
+  contains:
+    open_tasks:
+      description: Tasks of every route and job sharing the state database that are not finished.
+      type: int
+    limit:
+      description: O(identity_max_open_tasks).
+      type: int
 resubmitted:
   description: Submissions a previous run had persisted but not seen accepted, submitted again with the same id.
   returned: success
@@ -338,8 +364,8 @@ def run_routes(module, db, client, routes):
     now = time.time()
     names = [r["name"] for r in routes]
     options = dict((name, params[name]) for name in TRANSFER_OPTIONS)
-    policy = dict((name, params[name])
-                  for name in ("max_active_tasks", "items_per_task", "max_attempts", "retry_backoff", "retry_backoff_max"))
+    policy = dict((name, params[name]) for name in ("max_active_tasks", "identity_max_open_tasks", "items_per_task",
+                                                     "max_attempts", "retry_backoff", "retry_backoff_max"))
     resubmitted = []
     for name in names:
         if module.check_mode:
@@ -348,28 +374,36 @@ def run_routes(module, db, client, routes):
             resubmitted.extend(dict(r, route=name) for r in resubmit_unconfirmed(db, client, name))
     _transfers.refresh_tasks(db, client, _transfers.open_task_ids(db, jobs=names))
 
-    report, tasks, budget = {}, [], params["max_submissions_per_run"]
+    report, tasks, submissions_left = {}, [], params["max_submissions_per_run"]
     for route in routes:
         rows = (_transfers.chained_rows(db, route, now) if route.get("source_route")
                 else _transfers.item_rows(route, now))
         report[route["name"]] = dict(registered=_transfers.register_items(db, rows))
     for route in routes:
-        batches, reason = _transfers.plan_route(db, route, policy, budget, now)
+        batches, reason, waiting = _transfers.plan_route(db, route, policy, submissions_left, now)
         for destination, items in batches:
             if module.check_mode:
                 tasks.append(_transfers.describe_batch(route, destination, items, options["sync_level"]))
             else:
-                tasks.append(_transfers.submit_batch(db, client, route, destination, items, options, params["label"],
-                                                     now))
-            budget -= 1
+                result, refused, budget_gone = _transfers.submit_batch(db, client, route, destination, items,
+                                                                       options, params["label"], policy, now)
+                if result is None:
+                    # Another run took the items or the room since the plan; that run reports them.
+                    reason, waiting = refused, budget_gone
+                    continue
+                tasks.append(result)
+            submissions_left -= 1
         if params["delete_after_success"]:
             report[route["name"]]["deletions"] = delete_sources(module, db, client, route, tasks)
         open_tasks, paused = _transfers.route_task_state(db, route["name"])
         report[route["name"]].update(
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
-            reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]))
+            reason=reason, waiting_for_budget=waiting,
+            failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]))
     changed = bool(tasks or resubmitted or any(r["registered"] for r in report.values()))
-    return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted)
+    return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted,
+                task_budget=dict(open_tasks=_transfers.identity_open_tasks(db),
+                                 limit=params["identity_max_open_tasks"]))
 
 
 def delete_sources(module, db, client, route, tasks):
@@ -410,6 +444,7 @@ def main():
                 order=dict(type="str", default="asc", choices=["asc", "desc"]),
             )),
             max_active_tasks=dict(type="int", default=3),
+            identity_max_open_tasks=dict(type="int", default=100),
             max_submissions_per_run=dict(type="int", default=10),
             items_per_task=dict(type="int", default=1),
             max_attempts=dict(type="int", default=5),
