@@ -20,9 +20,12 @@ CAP = 12
 @pytest.fixture(autouse=True)
 def clean_emulator(emulator):
     emulator.reset()
-    emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": CAP, "requests_per_second": 1000})
+    # Tasks of a file or two bytes take about half a second: they queue behind the three that run.
+    emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": CAP, "requests_per_second": 1000},
+                       transfer_rate_bytes_per_second=4)
     yield
-    emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20})
+    emulator.configure(limits={"max_active_tasks": 3, "max_pending_tasks": 100, "requests_per_second": 20},
+                       transfer_rate_bytes_per_second=None)
 
 
 def source_tree(emulator, count):
