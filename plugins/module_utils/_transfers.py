@@ -21,6 +21,7 @@ import json
 import posixpath
 import string
 import time
+from urllib.parse import quote
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
 from ansible_collections.scidata.replication.plugins.module_utils._globus import (
@@ -35,6 +36,10 @@ ITEM_KEY = ["route", "source_path", "destination_collection", "destination_path"
 OPEN_TASK_STATUSES = ("UNSUBMITTED", "ACTIVE", "INACTIVE")
 TERMINAL_TASK_STATUSES = ("SUCCEEDED", "FAILED")
 TASK_LIST_PAGE = 1000
+# Front ends in front of web services often refuse URLs over 8 KiB; the task_list filter keeps
+# below that with room for the service URL, the path and the other parameters.
+TASK_LIST_URL_MAX = 8192
+TASK_LIST_URL_RESERVE = 512
 EVENT_PAGE = 1000
 LABEL_MAX = 128
 # Globus keeps per-file history (events, successful transfers) for 30 days after completion.
@@ -480,12 +485,28 @@ def open_task_ids(db, jobs=None, task_ids=None, limit=None):
     return [row["task_id"] for row in db.query(sql, params)]
 
 
+def task_id_chunks(task_ids):
+    """The ids in groups whose ``task_id:`` filter, URL-encoded, keeps a task_list URL within
+    ``TASK_LIST_URL_MAX`` (about 195 task UUIDs per request)."""
+    room = TASK_LIST_URL_MAX - TASK_LIST_URL_RESERVE - len(quote("task_id:", safe=""))
+    chunk, used = [], 0
+    for task_id in task_ids:
+        cost = len(quote("," + task_id, safe=""))
+        if chunk and (used + cost > room or len(chunk) == TASK_LIST_PAGE):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(task_id)
+        used += cost
+    if chunk:
+        yield chunk
+
+
 def refresh_tasks(db, client, task_ids):
-    """Update tasks from ``task_list`` filtered by id (1000 per call, never one call per task)
-    and settle the items of tasks that finished. Returns {task_id: new status} for changes."""
+    """Update tasks from ``task_list`` filtered by id (as many ids per call as fit in the URL,
+    never one call per task) and settle the items of tasks that finished. Returns {task_id: new
+    status} for changes."""
     changes = {}
-    for start in range(0, len(task_ids), TASK_LIST_PAGE):
-        chunk = task_ids[start:start + TASK_LIST_PAGE]
+    for chunk in task_id_chunks(task_ids):
         with api_errors("list tasks"):
             documents = client.task_list(filter="task_id:" + ",".join(chunk), limit=TASK_LIST_PAGE)["DATA"]
         now = time.time()
