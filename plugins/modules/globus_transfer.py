@@ -34,7 +34,8 @@ attributes:
     support: full
     details:
       - Reports exactly which items would go in which tasks; nothing is submitted and the state
-        database is left as it was.
+        database is left as it was. The plan is made on a snapshot, so real runs sharing the state
+        database are never held up by a check run.
   diff_mode:
     support: none
   idempotent:
