@@ -41,6 +41,9 @@ TASK_LIST_PAGE = 1000
 TASK_LIST_URL_MAX = 8192
 TASK_LIST_URL_RESERVE = 512
 EVENT_PAGE = 1000
+# Arbitrary but fixed: every process claiming items on a PostgreSQL state database takes this
+# transaction lock (SQLite's write transaction already excludes other writers).
+PG_CLAIM_LOCK_KEY = 4711020302
 LABEL_MAX = 128
 # Globus keeps per-file history (events, successful transfers) for 30 days after completion.
 HISTORY_DAYS = 30
@@ -292,18 +295,14 @@ def plan_route(db, route, policy, budget, now):
     return batches(items, size)[:min(slots, identity_slots)], None, False
 
 
-# An arbitrary fixed key: every process claiming items on a PostgreSQL state database takes
-# this transaction lock, so the budget check and the claim it allows are one step.
-PG_CLAIM_LOCK_KEY = 4711020302
-
-
 def claim_items(db, route, items, policy, now):
     """Inside the caller's write transaction: take the items no other run has taken since they
     were planned, if the route and the identity still have room for one more task.
 
-    Returns ``(claimed items, reason, waiting for budget)``; a claimed item is ACTIVE with one more attempt. The
-    conditional update (same status and attempts as planned) makes the claim atomic whatever
-    else runs; on PostgreSQL rows another transaction holds are skipped instead of waited for."""
+    Returns ``(claimed items, reason, waiting for budget)``; a claimed item is ACTIVE with one
+    more attempt. The conditional update (same status and attempts as planned) makes the claim
+    atomic whatever else runs; on PostgreSQL, rows another transaction holds are skipped instead
+    of waited for, and the claim lock makes the budget check and the claim one step."""
     if db.dialect == "postgresql":
         db.execute("SELECT pg_advisory_xact_lock(?)", (PG_CLAIM_LOCK_KEY,))
     identity_open = identity_open_tasks(db)

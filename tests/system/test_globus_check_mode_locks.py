@@ -48,7 +48,8 @@ def test_a_real_run_goes_ahead_while_a_check_run_pages_events(ansible, emulator,
                                              extra_env=client_env(emulator))
     deadline = time.monotonic() + 60
     while not any(rule["fired"] for rule in emulator.admin("GET", "/_emulator/faults")["rules"]):
-        assert checking.poll() is None and time.monotonic() < deadline, "the check run never reached its paging"
+        assert checking.poll() is None, "the check run ended before its paging: %s" % checking.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the check run never reached its paging"
         time.sleep(0.2)
 
     real = run(ansible, emulator, "globus_transfer", route(paths))
