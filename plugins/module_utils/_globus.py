@@ -292,6 +292,7 @@ def collection_readiness(client, collection_id, paths):
 
 # -- exactly-once submission ---------------------------------------------------------------
 def new_submission_id(client):
+    """A fresh submission id from the service (it makes a repeated POST a harmless duplicate)."""
     with api_errors("get a submission id"):
         return client.get_submission_id()["value"]
 

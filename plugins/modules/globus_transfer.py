@@ -394,6 +394,8 @@ def run_routes(module, db, client, routes):
                 if result is None:
                     # Another run took the items or the room since the plan; that run reports them.
                     reason, waiting = refused, budget_gone
+                    if budget_gone:
+                        break
                     continue
                 tasks.append(result)
             submissions_left -= 1
