@@ -23,7 +23,7 @@ description:
   - Every task is submitted exactly once (its submission id is committed to the state database
     before the request), so a run killed at any point can simply be run again.
   - Runs may overlap (jobs with different lock files, or several hosts sharing a PostgreSQL state
-    database): items are claimed for a task in one short database transaction, so an item is never
+    database). Items are claimed for a task in one short database transaction, so an item is never
     in two open tasks, and O(identity_max_open_tasks) holds across all of them.
   - Run M(scidata.replication.globus_task_events) on a schedule as well, to collect task events.
 extends_documentation_fragment:
