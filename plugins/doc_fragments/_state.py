@@ -61,4 +61,8 @@ requirements:
 notes:
   - Every run returns C(locked=true) and C(changed=false) when another run of the same job holds
     the lock.
+  - In check mode the module plans on a private snapshot of O(state_db) taken when it starts (an
+    in-memory copy of a SQLite file, temporary tables on PostgreSQL). It holds no lock that a real
+    run would wait for, and needs memory (SQLite) or temporary space (PostgreSQL) for one copy.
+  - On PostgreSQL a statement waits at most 30 seconds for a lock held by another run, then fails.
 """

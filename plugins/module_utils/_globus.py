@@ -192,9 +192,14 @@ class NativeLogin(object):
             pending = json.load(handle)
         return pending["verifier"] if pending.get("scopes") == self.scopes else None
 
-    def authorize_url(self):
-        """The login URL; repeated runs return the same URL until the code is exchanged."""
+    def authorize_url(self, persist=True):
+        """The login URL; repeated runs return the same URL until the code is exchanged.
+
+        Without ``persist`` nothing is written: the URL of a login already waiting, else None
+        (a URL whose verifier is not kept could never be completed)."""
         verifier = self._pending_verifier()
+        if verifier is None and not persist:
+            return None
         if verifier is None:
             verifier = secrets.token_urlsafe(64)
             directory = os.path.dirname(os.path.abspath(self.pending_file))
@@ -240,14 +245,23 @@ ENTITY_TYPES = {
 }
 
 
+def _credentials_refused(exc):
+    """401, or a 403 other than a missing data_access consent (which says how to add it)."""
+    return exc.details.get("http_status") in (401, 403) and not exc.details.get("required_scopes")
+
+
 def collection_readiness(client, collection_id, paths):
-    """Describe one collection and whether a transfer can use it; never raises for API errors."""
+    """Describe one collection and whether a transfer can use it. API errors become reasons,
+    except credentials the service refuses (401/403): those raise, since the check exists to
+    find them."""
     report = dict(id=collection_id, display_name=None, entity_type=None, type=None, connected=None, paused=None,
                   paths=[], ready=False, reasons=[])
     try:
         with api_errors("read collection %s" % collection_id, collection=collection_id):
             endpoint = client.get_endpoint(collection_id)
     except GlobusError as exc:
+        if _credentials_refused(exc):
+            raise
         report["reasons"].append(exc.msg)
         return report
     entity_type = endpoint.get("entity_type")
@@ -268,6 +282,8 @@ def collection_readiness(client, collection_id, paths):
                 client.operation_ls(collection_id, path=path, limit=1)
             report["paths"].append(dict(path=path, listable=True, error=None))
         except GlobusError as exc:
+            if _credentials_refused(exc):
+                raise
             report["paths"].append(dict(path=path, listable=False, error=exc.msg))
             report["reasons"].append(exc.msg)
     report["ready"] = not report["reasons"]
@@ -275,14 +291,21 @@ def collection_readiness(client, collection_id, paths):
 
 
 # -- exactly-once submission ---------------------------------------------------------------
-def persist_submission(db, client, job, document, link=None, kind="transfer"):
+def new_submission_id(client):
+    """A fresh submission id from the service (it makes a repeated POST a harmless duplicate)."""
+    with api_errors("get a submission id"):
+        return client.get_submission_id()["value"]
+
+
+def persist_submission(db, client, job, document, link=None, kind="transfer", submission_id=None):
     """Get a submission_id and commit it with the request before anything is POSTed.
 
     ``link(db, submission_id)`` runs in the same transaction, so the items a task carries are
-    tied to it atomically. Returns the submission_id.
+    tied to it atomically. A caller that writes in the same transaction fetches the id first
+    (``new_submission_id``), so that no network call runs inside it. Returns the submission_id.
     """
-    with api_errors("get a submission id"):
-        submission_id = client.get_submission_id()["value"]
+    if submission_id is None:
+        submission_id = new_submission_id(client)
     now = time.time()
     with db.transaction():
         db.execute(

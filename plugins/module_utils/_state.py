@@ -39,6 +39,8 @@ except ImportError as exc:  # only needed for postgresql:// URLs
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30000
+# The same bound on PostgreSQL: a statement waiting longer for a lock fails instead of waiting on.
+PG_LOCK_TIMEOUT_MS = 30000
 # Arbitrary but fixed: every process migrating this schema takes the same advisory lock.
 PG_MIGRATION_LOCK_KEY = 4711020301
 
@@ -338,6 +340,11 @@ class StateDB(object):
         except psycopg2.Error as exc:
             raise StateError("cannot connect to the PostgreSQL state database %s: %s" % (self.display, _pg_message(exc)))
         conn.autocommit = True
+        try:
+            conn.cursor().execute("SET lock_timeout = %d" % PG_LOCK_TIMEOUT_MS)
+        except psycopg2.Error as exc:
+            conn.close()
+            raise StateError("cannot set up the PostgreSQL state database %s: %s" % (self.display, _pg_message(exc)))
         return conn
 
     def close(self):
@@ -434,6 +441,18 @@ class StateDB(object):
             raise self._error("cannot begin a transaction", exc)
         self._depth = 1
         self._rollback_on_close = True
+
+    def shadow_tables(self):
+        """PostgreSQL, inside the rollback-only transaction: copy every table of the schema into
+        a temporary table of the same name, which statements then reach first (``pg_temp`` comes
+        first in the search path). Check mode then writes only to its own copies, so it holds no
+        row lock that a real run would wait for, however long it talks to Globus."""
+        schema = self.scalar("SELECT quote_ident(current_schema())")
+        for row in self.query("SELECT quote_ident(tablename) AS name FROM pg_catalog.pg_tables "
+                              "WHERE schemaname = current_schema() ORDER BY tablename"):
+            self.execute("CREATE TEMP TABLE %s (LIKE %s.%s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+                         % (row["name"], schema, row["name"]))
+            self.execute("INSERT INTO pg_temp.%s SELECT * FROM %s.%s" % (row["name"], schema, row["name"]))
 
     # -- bulk upsert --------------------------------------------------------------------
     def upsert(self, table, rows, key, update=None):
@@ -592,22 +611,35 @@ def _pg_message(exc):
 def open_state(state_db, password=None, check_mode=False, connect_timeout=10):
     """Open the state database with its schema brought up to date.
 
-    In check mode everything happens inside one transaction that ``close()`` rolls back, the
-    migrations included, so nothing is ever written; a SQLite file that does not exist yet is
-    not created: the run is planned against an empty in-memory database instead.
+    In check mode the run works on a private snapshot taken when it opens, the migrations
+    included, so it writes nothing and holds no lock on the shared database while it plans:
+    SQLite is copied into an in-memory database (an empty one when the file does not exist,
+    which is then not created); PostgreSQL is copied into temporary tables inside a transaction
+    that ``close()`` rolls back.
     """
-    if check_mode:
-        dialect, target = parse_state_db(state_db)
-        if dialect == "sqlite" and not os.path.exists(target):
-            db = StateDB(":memory:")
-            db.display = state_db
-            db.migrate()
-            return db
+    dialect, target = parse_state_db(state_db)
+    if check_mode and dialect == "sqlite":
+        db = StateDB(":memory:")
+        db.display = state_db
+        if os.path.exists(target):
+            try:
+                source = sqlite3.connect(target, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000.0)
+                try:
+                    source.backup(db._conn)  # one step: one read transaction, a consistent copy
+                finally:
+                    source.close()
+            except sqlite3.Error as exc:
+                db.close()
+                raise StateError("cannot read the SQLite state database %s: %s" % (target, exc))
+        db.migrate()
+        return db
     db = StateDB(state_db, password=password, connect_timeout=connect_timeout)
     try:
         if check_mode:
             db.begin_rollback_only()
         db.migrate()
+        if check_mode:
+            db.shadow_tables()
     except Exception:
         db.close()
         raise

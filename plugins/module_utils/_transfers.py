@@ -21,9 +21,16 @@ import json
 import posixpath
 import string
 import time
+from urllib.parse import quote
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError, GlobusError
-from ansible_collections.scidata.replication.plugins.module_utils._globus import api_errors, submit_exactly_once
+from ansible_collections.scidata.replication.plugins.module_utils._globus import (
+    api_errors,
+    new_submission_id,
+    persist_submission,
+    post_submission,
+    submit_exactly_once,
+)
 
 ITEM_KEY = ["route", "source_path", "destination_collection", "destination_path"]
 OPEN_TASK_STATUSES = ("UNSUBMITTED", "ACTIVE", "INACTIVE")
@@ -35,6 +42,13 @@ TASK_LIST_PAGE = 1000
 EVENT_WINDOW = 1000
 # Waits before fetching events or files again for a task whose last fetch failed.
 FETCH_BACKOFF, FETCH_BACKOFF_MAX = 60, 3600
+# Front ends in front of web services often refuse URLs over 8 KiB; the task_list filter keeps
+# below that with room for the service URL, the path and the other parameters.
+TASK_LIST_URL_MAX = 8192
+TASK_LIST_URL_RESERVE = 512
+# Arbitrary but fixed: every process claiming items on a PostgreSQL state database takes this
+# transaction lock (SQLite's write transaction already excludes other writers).
+PG_CLAIM_LOCK_KEY = 4711020302
 LABEL_MAX = 128
 # Globus keeps per-file history (events, successful transfers) for 30 days after completion.
 HISTORY_DAYS = 30
@@ -228,6 +242,18 @@ def route_task_state(db, route_name):
     return int(row["open_tasks"]), int(row["paused"]) > 0
 
 
+def identity_open_tasks(db):
+    """Open tasks of every route, job and host sharing the state database: Globus counts its
+    limits per identity, so they all draw on one budget."""
+    return int(db.scalar("SELECT count(*) FROM globus_tasks WHERE status IN (%s)"
+                         % ", ".join("?" * len(OPEN_TASK_STATUSES)), OPEN_TASK_STATUSES))
+
+
+def budget_reason(open_tasks, limit):
+    return "waiting for task budget: %d of %d open tasks for this Globus identity (identity_max_open_tasks)" % (
+        open_tasks, limit)
+
+
 def eligible_items(db, route, limit, now, policy):
     """PENDING items, then FAILED ones whose backoff has passed, in the route's order."""
     if limit <= 0:
@@ -265,45 +291,93 @@ def batches(items, size):
     return groups
 
 
+def route_task_limit(route, policy):
+    return route.get("max_active_tasks") or policy["max_active_tasks"]
+
+
 def plan_route(db, route, policy, budget, now):
-    """What one route may submit now: ``(batches, reason)``; reason says why nothing, if so."""
+    """What one route may submit now: ``(batches, reason, waiting_for_budget)``; reason says why
+    nothing, if so. ``budget`` is what is left of this run's submissions."""
     open_tasks, paused = route_task_state(db, route["name"])
     if paused:
-        return [], "a task of this route is paused"
+        return [], "a task of this route is paused", False
     primary = route.get("overflow_for")
     if primary and not route_task_state(db, primary)[1]:
-        return [], "overflow route: used only while %s has a paused task" % primary
-    slots = min((route.get("max_active_tasks") or policy["max_active_tasks"]) - open_tasks, budget)
+        return [], "overflow route: used only while %s has a paused task" % primary, False
+    slots = min(route_task_limit(route, policy) - open_tasks, budget)
     if slots <= 0:
         inactive = db.scalar("SELECT count(*) FROM globus_tasks WHERE job = ? AND status = 'INACTIVE'", (route["name"],))
         if inactive:
             return [], ("%d tasks open, %d of them INACTIVE: they need a login or consent renewal "
-                        "(see tasks_needing_attention)" % (open_tasks, inactive))
-        return [], "%d tasks already active" % open_tasks
+                        "(see tasks_needing_attention)" % (open_tasks, inactive)), False
+        return [], "%d tasks already active" % open_tasks, False
     size = route.get("items_per_task") or policy["items_per_task"]
-    items = eligible_items(db, route, slots * size, now, policy)
-    return batches(items, size)[:slots], None if items else "nothing to send"
+    identity_open = identity_open_tasks(db)
+    identity_slots = policy["identity_max_open_tasks"] - identity_open
+    items = eligible_items(db, route, min(slots, max(identity_slots, 1)) * size, now, policy)
+    if not items:
+        return [], "nothing to send", False
+    if identity_slots <= 0:
+        return [], budget_reason(identity_open, policy["identity_max_open_tasks"]), True
+    return batches(items, size)[:min(slots, identity_slots)], None, False
 
 
-def submit_batch(db, client, route, destination, items, options, label_template, now):
-    """Submit one task through the exactly-once helper and mark its items ACTIVE atomically."""
-    retry = any(item["attempts"] > 0 for item in items)
-    label = render_label(label_template, route=route["name"], items=len(items),
-                         first=posixpath.basename(items[0]["source_path"].rstrip("/")) or "/",
-                         date=datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y-%m-%d"),
-                         attempt=max(item["attempts"] for item in items) + 1)
-    document = transfer_document(route["source_collection"], destination,
-                                 [dict(item, recursive=True if item["recursive"] else None) for item in items],
-                                 options, label, retry=retry)
+def claim_items(db, route, items, policy, now):
+    """Inside the caller's write transaction: take the items no other run has taken since they
+    were planned, if the route and the identity still have room for one more task.
 
-    def link(db_, submission_id):
-        for item in items:
-            db_.execute("UPDATE transfer_items SET status = 'ACTIVE', submission_id = ?, attempts = attempts + 1, "
-                        "updated_at = ? WHERE id = ?", (submission_id, now, item["id"]))
+    Returns ``(claimed items, reason, waiting for budget)``; a claimed item is ACTIVE with one
+    more attempt. The conditional update (same status and attempts as planned) makes the claim
+    atomic whatever else runs; on PostgreSQL, rows another transaction holds are skipped instead
+    of waited for, and the claim lock makes the budget check and the claim one step."""
+    if db.dialect == "postgresql":
+        db.execute("SELECT pg_advisory_xact_lock(?)", (PG_CLAIM_LOCK_KEY,))
+    identity_open = identity_open_tasks(db)
+    if identity_open >= policy["identity_max_open_tasks"]:
+        return [], budget_reason(identity_open, policy["identity_max_open_tasks"]), True
+    open_tasks = route_task_state(db, route["name"])[0]
+    if open_tasks >= route_task_limit(route, policy):
+        return [], "%d tasks already active" % open_tasks, False
+    candidates = items
+    if db.dialect == "postgresql":
+        free = set(row["id"] for row in db.query(
+            "SELECT id FROM transfer_items WHERE id IN (%s) FOR UPDATE SKIP LOCKED" % ", ".join("?" * len(items)),
+            [item["id"] for item in items]))
+        candidates = [item for item in items if item["id"] in free]
+    claimed = [item for item in candidates if db.execute(
+        "UPDATE transfer_items SET status = 'ACTIVE', attempts = attempts + 1, updated_at = ? "
+        "WHERE id = ? AND status = ? AND attempts = ?", (now, item["id"], item["status"], item["attempts"])) == 1]
+    return claimed, None if claimed else "its items were taken by another run", False
 
-    result = submit_exactly_once(db, client, route["name"], document, link=link, on_rejected=reject_items)
-    result.update(route=route["name"], items=len(items), sync_level=document["sync_level"], label=label)
-    return result
+
+def submit_batch(db, client, route, destination, items, options, label_template, policy, now):
+    """Claim the planned items and submit one task for those claimed, exactly once.
+
+    The submission id is fetched before the write transaction (claim, task row, link), so that
+    no lock is held across a network call. Returns ``(result, None, False)``, or ``(None,
+    reason, waiting for budget)`` when nothing could be claimed. A request the service refuses
+    fails the items it carried (``reject_items``)."""
+    submission_id = new_submission_id(client)
+    with db.transaction():
+        claimed, reason, waiting = claim_items(db, route, items, policy, now)
+        if not claimed:
+            return None, reason, waiting
+        label = render_label(label_template, route=route["name"], items=len(claimed),
+                             first=posixpath.basename(claimed[0]["source_path"].rstrip("/")) or "/",
+                             date=datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y-%m-%d"),
+                             attempt=max(item["attempts"] for item in claimed) + 1)
+        document = transfer_document(route["source_collection"], destination,
+                                     [dict(item, recursive=True if item["recursive"] else None) for item in claimed],
+                                     options, label, retry=any(item["attempts"] > 0 for item in claimed))
+
+        def link(db_, submission_id_):
+            db_.execute("UPDATE transfer_items SET submission_id = ? WHERE id IN (%s)"
+                        % ", ".join("?" * len(claimed)), [submission_id_] + [item["id"] for item in claimed])
+
+        persist_submission(db, client, route["name"], document, link=link, submission_id=submission_id)
+    result = post_submission(db, client, submission_id, on_rejected=reject_items)
+    result.update(route=route["name"], items=len(claimed), sync_level=document["sync_level"], label=label)
+    return result, None, False
 
 
 def describe_batch(route, destination, items, retry_level):
@@ -508,15 +582,31 @@ def open_task_ids(db, jobs=None, task_ids=None, limit=None):
     return [row["task_id"] for row in db.query(sql, params)]
 
 
+def task_id_chunks(task_ids):
+    """The ids in groups whose ``task_id:`` filter, URL-encoded, keeps a task_list URL within
+    ``TASK_LIST_URL_MAX`` (about 195 task UUIDs per request)."""
+    room = TASK_LIST_URL_MAX - TASK_LIST_URL_RESERVE - len(quote("task_id:", safe=""))
+    chunk, used = [], 0
+    for task_id in task_ids:
+        cost = len(quote("," + task_id, safe=""))
+        if chunk and (used + cost > room or len(chunk) == TASK_LIST_PAGE):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(task_id)
+        used += cost
+    if chunk:
+        yield chunk
+
+
 def refresh_tasks(db, client, task_ids):
-    """Update tasks from ``task_list`` filtered by id (1000 per call, never one call per task)
-    and settle the items of tasks that finished. Returns {task_id: new status} for changes.
+    """Update tasks from ``task_list`` filtered by id (as many ids per call as fit in the URL,
+    never one call per task) and settle the items of tasks that finished. Returns {task_id: new
+    status} for changes.
 
     A task missing from the reply is asked for once by id; if the service does not know it for
     this identity (404), it is LOST (see ``mark_lost``)."""
     changes = {}
-    for start in range(0, len(task_ids), TASK_LIST_PAGE):
-        chunk = task_ids[start:start + TASK_LIST_PAGE]
+    for chunk in task_id_chunks(task_ids):
         with api_errors("list tasks"):
             documents = client.task_list(filter="task_id:" + ",".join(chunk), limit=TASK_LIST_PAGE)["DATA"]
         listed = set(d["task_id"] for d in documents)

@@ -15,6 +15,9 @@ description:
     given path, then says whether the collection is C(ready) for transfers and, if not, why.
   - This is the preflight check to run before scheduling transfers. It replaces the endpoint
     activation calls of Transfer API v3-era tools, which Globus Connect Server v5 no longer has.
+  - The module fails when Globus refuses the credentials (HTTP 401, or 403 for a collection or a
+    path), since that is what the check is for. A missing data_access consent is reported as a
+    reason instead, with how to add it.
 extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._attributes

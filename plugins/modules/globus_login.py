@@ -26,6 +26,8 @@ attributes:
     support: full
     details:
       - An authorization code is single-use, so check mode never exchanges it; it reports the change.
+      - Check mode writes nothing, neither the token directory nor the waiting login; it returns the
+        RV(authorize_url) of a login a real run already started, else none.
   diff_mode:
     support: none
   idempotent:
@@ -101,7 +103,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 authorize_url:
-  description: The URL to log in at; open it in a browser and pass the code shown as O(auth_code).
+  description:
+    - The URL to log in at; open it in a browser and pass the code shown as O(auth_code).
+    - V(null) in check mode until a real run has started the login.
   returned: when a login is needed and O(auth_code) is not given
   type: str
 logged_in:
@@ -139,7 +143,11 @@ def login(module):
     if native.has_tokens():
         return dict(result, logged_in=True)
     if not params["auth_code"]:
-        return dict(result, logged_in=False, authorize_url=native.authorize_url(),
+        url = native.authorize_url(persist=not module.check_mode)
+        if url is None:
+            return dict(result, logged_in=False, authorize_url=None,
+                        msg="a run without check mode starts the login and returns its authorize_url")
+        return dict(result, logged_in=False, authorize_url=url,
                     msg="log in at authorize_url, then run again with auth_code")
     if not module.check_mode:
         native.exchange(params["auth_code"])

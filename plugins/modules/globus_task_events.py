@@ -30,7 +30,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reads Globus and reports what would be stored; the state database is left as it was.
+      - Reads Globus and reports what would be stored; the state database is left as it was, and
+        real runs sharing it are never held up while the check run pages through events.
   diff_mode:
     support: none
   idempotent:

@@ -24,6 +24,9 @@ description:
     C(PARTIAL), reported with the skipped files in C(partial_items) of its route in RV(routes), and retried like a failed item.
   - Every task is submitted exactly once (its submission id is committed to the state database
     before the request), so a run killed at any point can simply be run again.
+  - Runs may overlap (jobs with different lock files, or several hosts sharing a PostgreSQL state
+    database). Items are claimed for a task in one short database transaction, so an item is never
+    in two open tasks, and O(identity_max_open_tasks) holds across all of them.
   - Run M(scidata.replication.globus_task_events) on a schedule as well, to collect task events.
 extends_documentation_fragment:
   - scidata.replication._globus
@@ -36,7 +39,8 @@ attributes:
     support: full
     details:
       - Reports exactly which items would go in which tasks; nothing is submitted and the state
-        database is left as it was.
+        database is left as it was. The plan is made on a snapshot, so real runs sharing the state
+        database are never held up by a check run.
   diff_mode:
     support: none
   idempotent:
@@ -118,6 +122,15 @@ options:
     description: Open tasks allowed per route (Globus runs 3 transfer tasks per user at once).
     type: int
     default: 3
+  identity_max_open_tasks:
+    description:
+      - Open (not finished) tasks allowed for the Globus identity, counted over every route, job and
+        host that share O(state_db). Globus refuses new tasks from a user who has 100 unfinished ones.
+      - A route that has items to send but no room left reports C(waiting_for_budget=true) in its entry of RV(routes).
+      - Checked in the same database transaction that claims the items, so concurrent runs never
+        exceed it.
+    type: int
+    default: 100
   max_submissions_per_run:
     description: Tasks submitted per run across all routes.
     type: int
@@ -250,6 +263,11 @@ routes:
     reason:
       description: Why nothing was submitted on the route, if so.
       type: str
+    waiting_for_budget:
+      description:
+        - Whether the route had items to send but the identity had O(identity_max_open_tasks) open
+          tasks already.
+      type: bool
     failed_items:
       description:
         - Items that reached O(max_attempts) as C(FAILED) or C(PARTIAL); they are not retried.
@@ -302,6 +320,18 @@ tasks:
   sample:
     - {route: llnl-alcf, items: 1, task_id: 5a3f2a1e-0000-4000-8000-000000000001, code: Accepted,
        sync_level: mtime, label: "llnl-alcf CMIP6"}
+task_budget:
+  description: Open tasks of the Globus identity in the state database after this run, and the limit.
+  returned: success
+  type: dict
+  sample: {open_tasks: 3, limit: 100}
+  contains:
+    open_tasks:
+      description: Tasks of every route and job sharing the state database that are not finished.
+      type: int
+    limit:
+      description: O(identity_max_open_tasks).
+      type: int
 resubmitted:
   description:
     - Submissions a previous run had persisted but not seen accepted, submitted again with the same id.
@@ -369,8 +399,8 @@ def run_routes(module, db, client, routes):
     now = time.time()
     names = [r["name"] for r in routes]
     options = dict((name, params[name]) for name in TRANSFER_OPTIONS)
-    policy = dict((name, params[name])
-                  for name in ("max_active_tasks", "items_per_task", "max_attempts", "retry_backoff", "retry_backoff_max"))
+    policy = dict((name, params[name]) for name in ("max_active_tasks", "identity_max_open_tasks", "items_per_task",
+                                                     "max_attempts", "retry_backoff", "retry_backoff_max"))
     resubmitted = []
     for name in names:
         if module.check_mode:
@@ -382,33 +412,43 @@ def run_routes(module, db, client, routes):
     for task_id in sorted(t for t, status in changes.items() if status == "LOST"):
         module.warn(_transfers.lost_message(task_id))
 
-    report, tasks, budget = {}, [], params["max_submissions_per_run"]
+    report, tasks, submissions_left = {}, [], params["max_submissions_per_run"]
     for route in routes:
         rows = (_transfers.chained_rows(db, route, now) if route.get("source_route")
                 else _transfers.item_rows(route, now))
         report[route["name"]] = dict(registered=_transfers.register_items(db, rows))
     for route in routes:
-        batches, reason = _transfers.plan_route(db, route, policy, budget, now)
+        batches, reason, waiting = _transfers.plan_route(db, route, policy, submissions_left, now)
         for destination, items in batches:
             if module.check_mode:
                 tasks.append(_transfers.describe_batch(route, destination, items, options["sync_level"]))
             else:
-                tasks.append(_transfers.submit_batch(db, client, route, destination, items, options, params["label"],
-                                                     now))
-            budget -= 1
+                result, refused, budget_gone = _transfers.submit_batch(db, client, route, destination, items,
+                                                                       options, params["label"], policy, now)
+                if result is None:
+                    # Another run took the items or the room since the plan; that run reports them.
+                    reason, waiting = refused, budget_gone
+                    if budget_gone:
+                        break
+                    continue
+                tasks.append(result)
+            submissions_left -= 1
         if params["delete_after_success"]:
             report[route["name"]]["deletions"] = delete_sources(module, db, client, route, tasks)
         open_tasks, paused = _transfers.route_task_state(db, route["name"])
         report[route["name"]].update(
             counts=_transfers.route_counts(db, route["name"]), open_tasks=open_tasks, paused=paused,
-            reason=reason, failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]),
+            reason=reason, waiting_for_budget=waiting,
+            failed_items=_transfers.exhausted_items(db, route["name"], params["max_attempts"]),
             partial_items=_transfers.partial_items(db, route["name"]),
             tasks_needing_attention=_transfers.tasks_needing_attention(db, route["name"]))
     for rejected in (r for r in resubmitted + tasks if r.get("code") == "Rejected"):
         module.warn("route %s: Globus rejected submission %s, which is dropped and its items marked FAILED: %s"
                     % (rejected["route"], rejected["submission_id"], rejected["error"]))
     changed = bool(tasks or resubmitted or any(r["registered"] for r in report.values()))
-    return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted)
+    return dict(changed=changed, routes=report, tasks=tasks, resubmitted=resubmitted,
+                task_budget=dict(open_tasks=_transfers.identity_open_tasks(db),
+                                 limit=params["identity_max_open_tasks"]))
 
 
 def delete_sources(module, db, client, route, tasks):
@@ -449,6 +489,7 @@ def main():
                 order=dict(type="str", default="asc", choices=["asc", "desc"]),
             )),
             max_active_tasks=dict(type="int", default=3),
+            identity_max_open_tasks=dict(type="int", default=100),
             max_submissions_per_run=dict(type="int", default=10),
             items_per_task=dict(type="int", default=1),
             max_attempts=dict(type="int", default=5),
