@@ -88,28 +88,32 @@ ZERO_ROW = dict((name, 0) for name, _sql in ITEM_COLUMNS + TASK_COLUMNS + REJECT
 CARDS = (("items_total", "items"), ("items_done", "items done"), ("items_active", "items active"),
          ("items_failed", "items failed"), ("items_partial", "items partial"), ("items_pending", "items pending"),
          ("tasks", "tasks"), ("tasks_active", "tasks active"), ("tasks_inactive", "tasks inactive"),
+         ("tasks_paused", "tasks paused"),
          ("tasks_failed", "tasks failed"), ("tasks_lost", "tasks lost"), ("submissions_rejected", "requests rejected"),
          ("files_transferred", "files transferred"))
 COUNT_COLUMNS = (("items_total", "items"), ("items_done", "done"), ("items_active", "active"),
                  ("items_failed", "failed"), ("items_partial", "partial"), ("items_pending", "pending"),
                  ("tasks", "tasks"), ("tasks_active", "tasks active"), ("tasks_failed", "tasks failed"))
-# The states that wait for the operator: (count field, state, what it means and what to do).
-# Shown per route, above everything else, whenever a count is not zero.
+# The states that wait for the operator: (count field, state, status label class, what it means
+# and what to do). Shown per route, above everything else, whenever a count is not zero.
 ATTENTION = (
-    ("items_partial", "PARTIAL",
+    ("items_partial", "PARTIAL", "partial",
      "Items whose task succeeded but skipped files under them: the skipped files are not at the destination "
      "(listed under Failing items, and in routes.<name>.partial_items of globus_transfer). Fix the cause of the "
      "skips (often permissions on the source); they are retried like FAILED items, and their sources are never "
      "deleted."),
-    ("tasks_inactive", "INACTIVE",
+    ("tasks_inactive", "INACTIVE", "inactive",
      "Tasks that lost their credentials or consent and hold the route's slot: run scidata.replication.globus_login "
      "again, with the collection in data_access_collections if it needs data_access consent; Globus resumes the "
      "task before its deadline."),
-    ("tasks_lost", "LOST",
+    ("tasks_paused", "PAUSED", "inactive",
+     "Tasks held by a pause rule of a collection's administrators; they hold the route's slot. The message of the "
+     "rule is under Recent tasks: ask its administrators; Globus resumes the task when the rule is lifted."),
+    ("tasks_lost", "LOST", "lost",
      "Tasks Globus no longer shows to these credentials (other credentials, or the task left the history): check "
      "that the jobs log in as the identity that submitted them. Their items became FAILED and are sent again with "
      "sync_level checksum."),
-    ("submissions_rejected", "REJECTED",
+    ("submissions_rejected", "REJECTED", "rejected",
      "Requests Globus refused (the service's message is below): they are never sent again. Fix what the message "
      "names (path, collection, permission); their items became FAILED and are retried in new tasks until "
      "max_attempts."),
@@ -524,9 +528,13 @@ def _jinja():
 
 
 def attention_rows(summary_data):
-    """``(route, count field, count, state, action)`` for every non-zero ATTENTION count of a route."""
-    return [(row["name"], field, row[field], state, action) for row in summary_data["routes"]
-            for field, state, action in ATTENTION if row[field]]
+    """One group per ATTENTION state some route has: its label, action and ``[(route, count)]``."""
+    groups = []
+    for field, state, css, action in ATTENTION:
+        routes = [(row["name"], row[field]) for row in summary_data["routes"] if row[field]]
+        if routes:
+            groups.append(dict(field=field, state=state, css=css, action=action, routes=routes))
+    return groups
 
 
 def render_html(data, charts, globus_app_url=DEFAULT_GLOBUS_APP_URL):
@@ -543,7 +551,7 @@ def render_html(data, charts, globus_app_url=DEFAULT_GLOBUS_APP_URL):
         charts=dict((k, markup(v)) for k, v in charts.items()),
         task_url=task_url_prefix(globus_app_url), state_order=EPN_STATE_ORDER, cards=CARDS,
         count_columns=COUNT_COLUMNS, attention=attention_rows(data["summary.json"]),
-        attention_fields=[field for field, _state, _action in ATTENTION],
+        attention_fields=[entry[0] for entry in ATTENTION],
     )
 
 
@@ -707,7 +715,8 @@ footer { padding: 0 24px 24px; color: #5a6878; font-size: 12px; }
 <p>Data as of {{ summary.as_of | when }}{% if summary.as_of %} UTC{% endif %} &middot;
 charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <nav>
-{% if attention %}<a href="#attention">Needs attention</a> {% endif %}<a href="#routes">Routes</a> <a href="#sites">Sites</a> <a href="#charts">Charts</a> <a href="#tasks">Recent tasks</a>
+{% if attention %}<a href="#attention">Needs attention</a>{% endif %}
+<a href="#routes">Routes</a> <a href="#sites">Sites</a> <a href="#charts">Charts</a> <a href="#tasks">Recent tasks</a>
 <a href="#failing">Failing items</a> <a href="#epns">EPNs</a> <a href="#jobs">Sync jobs</a>
 </nav>
 </header>
@@ -733,15 +742,17 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <section id="attention">
 <h2>Needs attention</h2>
 <table>
-<thead><tr><th>route / job</th><th>state</th><th class="n">count</th><th>what it means, what to do</th></tr></thead>
+<thead><tr><th>state</th><th>route / job</th><th class="n">count</th><th>what it means, what to do</th></tr></thead>
 <tbody>
-{% for name, field, count, state, action in attention %}
-<tr data-attention="{{ state }}" data-route="{{ name if name is not none else '' }}" data-count="{{ count }}">
+{% for g in attention %}
+{% for name, count in g.routes %}
+<tr data-attention="{{ g.state }}" data-route="{{ name if name is not none else '' }}" data-count="{{ count }}">
+{% if loop.first %}<td rowspan="{{ g.routes | length }}"><span class="s {{ g.css }}">{{ g.state }}</span></td>{% endif %}
 <td class="id">{{ name if name is not none else "(none)" }}</td>
-<td><span class="s {{ state | status_class }}">{{ state }}</span></td>
 <td class="n">{{ count | number }}</td>
-<td class="action">{{ action }}</td>
+{% if loop.first %}<td class="action" rowspan="{{ g.routes | length }}">{{ g.action }}</td>{% endif %}
 </tr>
+{% endfor %}
 {% endfor %}
 </tbody>
 </table>

@@ -147,10 +147,10 @@ def test_the_page_puts_the_states_first_with_what_to_do(db):
     page = _report.render_site(_report.collect(db))["index.html"].decode("utf-8")
     elements, text = parse(page)
     attention = [(a["data-route"], a["data-attention"], a["data-count"]) for tag, a in elements if "data-attention" in a]
-    assert attention == [("a", "PARTIAL", "1"), ("a", "LOST", "1"), ("b", "INACTIVE", "1"), ("b", "REJECTED", "1")]
+    assert attention == [("a", "PARTIAL", "1"), ("b", "INACTIVE", "1"), ("a", "LOST", "1"), ("b", "REJECTED", "1")]
     assert page.index('id="attention"') < page.index('id="routes"') < page.index('id="failing"')
-    for _field, state, action in _report.ATTENTION:
-        assert " ".join(action.split()) in text, state
+    for _field, state, _css, action in _report.ATTENTION:
+        assert (" ".join(action.split()) in text) == (state != "PAUSED"), state
     assert "scidata.replication.globus_login" in text and "data_access_collections" in text
     partial_column = [(a["data-field"], a["data-value"]) for tag, a in elements if a.get("data-field") == "items_partial"]
     assert partial_column == [("items_partial", "1"), ("items_partial", "0")] * 2  # routes a, b; sites dst-a, dst-b
@@ -168,3 +168,13 @@ def test_no_attention_section_when_nothing_waits(db):
     db.upsert("globus_tasks", [submission(1, "a", "SUCCEEDED", T0)], key=["submission_id"])
     page = _report.render_site(_report.collect(db))["index.html"].decode("utf-8")
     assert 'id="attention"' not in page and "card warn" not in page and "Needs attention" not in page
+
+
+def test_a_paused_task_is_shown_with_what_to_do(db):
+    db.upsert("globus_tasks", [submission(1, "a", "ACTIVE", T0, is_paused=1, nice_status="PAUSED_BY_ADMIN"),
+                               submission(2, "a", "SUCCEEDED", T0, is_paused=1, nice_status="OK")], key=["submission_id"])
+    page = _report.render_site(_report.collect(db))["index.html"].decode("utf-8")
+    elements, text = parse(page)
+    assert [(a["data-route"], a["data-attention"], a["data-count"]) for tag, a in elements
+            if "data-attention" in a] == [("a", "PAUSED", "1")]
+    assert "pause rule" in text and page.count('class="card warn"') == 1
