@@ -100,7 +100,7 @@ ATTENTION = (
     ("items_partial", "PARTIAL", "partial",
      "Items whose task succeeded but skipped files under them: the skipped files are not at the destination "
      "(listed under Failing items, and in routes.<name>.partial_items of globus_transfer). Fix the cause of the "
-     "skips (often permissions on the source); they are retried like FAILED items, and their sources are never "
+     "skips (each file's error code is in the item's last error); they are retried like FAILED items, and their sources are never "
      "deleted."),
     ("tasks_inactive", "INACTIVE", "inactive",
      "Tasks that lost their credentials or consent and hold the route's slot: run scidata.replication.globus_login "
@@ -108,7 +108,8 @@ ATTENTION = (
      "task before its deadline."),
     ("tasks_paused", "PAUSED", "inactive",
      "Tasks held by a pause rule of a collection's administrators; they hold the route's slot. The message of the "
-     "rule is under Recent tasks: ask its administrators; Globus resumes the task when the rule is lifted."),
+     "rule is shown with the task under Recent tasks: ask those administrators; Globus resumes the task when the rule "
+     "is lifted."),
     ("tasks_lost", "LOST", "lost",
      "Tasks Globus no longer shows to these credentials (other credentials, or the task left the history): check "
      "that the jobs log in as the identity that submitted them. Their items became FAILED and are sent again with "
@@ -197,7 +198,7 @@ def _fatal_error(text):
 
 def recent_tasks(db, limit, as_of):
     rows = db.query(
-        "SELECT task_id, job, label, source_endpoint, destination_endpoint, status, nice_status, is_paused, files, "
+        "SELECT task_id, job, label, source_endpoint, destination_endpoint, status, nice_status, is_paused, pause_reason, files, "
         "files_transferred, files_skipped, bytes_transferred, effective_bytes_per_second, faults, request_time, "
         "completion_time, fatal_error FROM globus_tasks WHERE task_id IS NOT NULL "
         "ORDER BY COALESCE(request_time, submitted_at, created_at) DESC, id DESC LIMIT %d" % int(limit))
@@ -831,7 +832,9 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <td>{{ k.job }}</td>
 <td>{{ k.label or "" }}</td>
 <td><span class="s {{ k.status | status_class }}">{{ k.status }}</span>
-{% if k.is_paused %} <span class="s inactive">paused</span>{% endif %}
+{% if k.is_paused %} <span class="s inactive">paused</span>
+{% if k.pause_reason %}<div class="err" data-pause-reason="{{ k.task_id }}">{{ k.pause_reason }}</div>{% endif %}
+{% endif %}
 {% if k.nice_status and k.nice_status not in ("OK", "Queued") and k.status != "SUCCEEDED" %}
  <span class="muted">{{ k.nice_status }}</span>
 {% endif %}

@@ -67,7 +67,9 @@ options:
     type: str
     default: Replication status
   recent_tasks:
-    description: Number of tasks in the recent tasks table and C(tasks.json), newest first.
+    description:
+      - Number of tasks in the recent tasks table and C(tasks.json), newest first.
+      - Requests Globus rejected (they never became tasks) are listed apart, up to the same number.
     type: int
     default: 50
   history_hours:

@@ -171,10 +171,14 @@ def test_no_attention_section_when_nothing_waits(db):
 
 
 def test_a_paused_task_is_shown_with_what_to_do(db):
-    db.upsert("globus_tasks", [submission(1, "a", "ACTIVE", T0, is_paused=1, nice_status="PAUSED_BY_ADMIN"),
-                               submission(2, "a", "SUCCEEDED", T0, is_paused=1, nice_status="OK")], key=["submission_id"])
+    rule = "Storage maintenance until Monday <b>08:00</b>"
+    db.upsert("globus_tasks", [
+        submission(1, "a", "ACTIVE", T0, is_paused=1, nice_status="PAUSED_BY_ADMIN", pause_reason=rule),
+        submission(2, "a", "SUCCEEDED", T0, is_paused=1, nice_status="OK", pause_reason=None)], key=["submission_id"])
     page = _report.render_site(_report.collect(db))["index.html"].decode("utf-8")
     elements, text = parse(page)
     assert [(a["data-route"], a["data-attention"], a["data-count"]) for tag, a in elements
             if "data-attention" in a] == [("a", "PAUSED", "1")]
     assert "pause rule" in text and page.count('class="card warn"') == 1
+    assert [a["data-pause-reason"] for tag, a in elements if "data-pause-reason" in a] == ["t1"]
+    assert rule in text and "<b>" not in page
