@@ -41,7 +41,7 @@ DEFAULT_GLOBUS_APP_URL = "https://app.globus.org"
 # Routes drawn one by one in the bytes chart; the others are summed into one series.
 CHART_ROUTES = 8
 ACTIVE_TASK_STATUSES = ("ACTIVE", "INACTIVE")
-KNOWN_STATUSES = ("SUCCEEDED", "ACTIVE", "INACTIVE", "FAILED", "PENDING", "UNSUBMITTED")
+KNOWN_STATUSES = ("SUCCEEDED", "PARTIAL", "ACTIVE", "INACTIVE", "FAILED", "PENDING", "UNSUBMITTED", "LOST", "REJECTED")
 EPN_STATE_ORDER = ("failed", "retry", "pending", "synced")
 STDERR_SHOWN = 600
 
@@ -65,6 +65,7 @@ ITEM_COLUMNS = (
     ("items_done", _count_if("status = 'SUCCEEDED'")),
     ("items_active", _count_if("status = 'ACTIVE'")),
     ("items_failed", _count_if("status = 'FAILED'")),
+    ("items_partial", _count_if("status = 'PARTIAL'")),
     ("items_pending", _count_if("status = 'PENDING'")),
 )
 TASK_COLUMNS = (
@@ -73,19 +74,51 @@ TASK_COLUMNS = (
     ("tasks_active", _count_if("status IN ('ACTIVE', 'INACTIVE')")),
     ("tasks_paused", _count_if("status IN ('ACTIVE', 'INACTIVE') AND is_paused = 1")),
     ("tasks_failed", _count_if("status = 'FAILED'")),
+    ("tasks_inactive", _count_if("status = 'INACTIVE'")),
+    ("tasks_lost", _count_if("status = 'LOST'")),
     ("bytes_transferred", _sum("bytes_transferred")),
     ("files_transferred", _sum("files_transferred")),
     ("files_skipped", _sum("files_skipped")),
     ("faults", _sum("faults")),
 )
-ZERO_ROW = dict((name, 0) for name, _sql in ITEM_COLUMNS + TASK_COLUMNS)
+# Refused requests never got a task id, so they are counted apart from the submitted tasks.
+REJECTED_COLUMNS = (("submissions_rejected", "count(*)"),)
+ZERO_ROW = dict((name, 0) for name, _sql in ITEM_COLUMNS + TASK_COLUMNS + REJECTED_COLUMNS)
 # The cards at the top of the page and the count columns of the totals tables.
 CARDS = (("items_total", "items"), ("items_done", "items done"), ("items_active", "items active"),
-         ("items_failed", "items failed"), ("items_pending", "items pending"), ("tasks", "tasks"),
-         ("tasks_active", "tasks active"), ("tasks_failed", "tasks failed"), ("files_transferred", "files transferred"))
+         ("items_failed", "items failed"), ("items_partial", "items partial"), ("items_pending", "items pending"),
+         ("tasks", "tasks"), ("tasks_active", "tasks active"), ("tasks_inactive", "tasks inactive"),
+         ("tasks_paused", "tasks paused"),
+         ("tasks_failed", "tasks failed"), ("tasks_lost", "tasks lost"), ("submissions_rejected", "requests rejected"),
+         ("files_transferred", "files transferred"))
 COUNT_COLUMNS = (("items_total", "items"), ("items_done", "done"), ("items_active", "active"),
-                 ("items_failed", "failed"), ("items_pending", "pending"), ("tasks", "tasks"),
-                 ("tasks_active", "tasks active"), ("tasks_failed", "tasks failed"))
+                 ("items_failed", "failed"), ("items_partial", "partial"), ("items_pending", "pending"),
+                 ("tasks", "tasks"), ("tasks_active", "tasks active"), ("tasks_failed", "tasks failed"))
+# The states that wait for the operator: (count field, state, status label class, what it means
+# and what to do). Shown per route, above everything else, whenever a count is not zero.
+ATTENTION = (
+    ("items_partial", "PARTIAL", "partial",
+     "Items whose task succeeded but skipped files under them: the skipped files are not at the destination "
+     "(listed under Failing items, and in routes.<name>.partial_items of globus_transfer). Fix the cause of the "
+     "skips (each file's error code is in the item's last error); they are retried like FAILED items, and their sources are never "
+     "deleted."),
+    ("tasks_inactive", "INACTIVE", "inactive",
+     "Tasks that lost their credentials or consent and hold the route's slot: run scidata.replication.globus_login "
+     "again, with the collection in data_access_collections if it needs data_access consent; Globus resumes the "
+     "task before its deadline."),
+    ("tasks_paused", "PAUSED", "inactive",
+     "Tasks held by a pause rule of a collection's administrators; they hold the route's slot. The message of the "
+     "rule is shown with the task under Recent tasks: ask those administrators; Globus resumes the task when the rule "
+     "is lifted."),
+    ("tasks_lost", "LOST", "lost",
+     "Tasks Globus no longer shows to these credentials (other credentials, or the task left the history): check "
+     "that the jobs log in as the identity that submitted them. Their items became FAILED and are sent again with "
+     "sync_level checksum."),
+    ("submissions_rejected", "REJECTED", "rejected",
+     "Requests Globus refused (the service's message is below): they are never sent again. Fix what the message "
+     "names (path, collection, permission); their items became FAILED and are retried in new tasks until "
+     "max_attempts."),
+)
 
 
 def iso(timestamp):
@@ -134,17 +167,20 @@ def data_time(db):
 
 
 def summary(db, as_of, title):
-    submitted = "task_id IS NOT NULL"
+    submitted, rejected = "task_id IS NOT NULL", "status = 'REJECTED'"
     totals = dict(ZERO_ROW)
     totals.update(_aggregate(db, "transfer_items", ITEM_COLUMNS))
     totals.update(_aggregate(db, "globus_tasks", TASK_COLUMNS, where=submitted))
+    totals.update(_aggregate(db, "globus_tasks", REJECTED_COLUMNS, where=rejected))
     totals["epns"] = db.scalar("SELECT count(*) FROM epns")
     totals["epns_synced"] = db.scalar("SELECT count(*) FROM epns WHERE state = 'synced'")
     totals["jobs"] = db.scalar("SELECT count(*) FROM sync_jobs")
     routes = _merge(_aggregate(db, "transfer_items", ITEM_COLUMNS, key="route"),
-                    _aggregate(db, "globus_tasks", TASK_COLUMNS, key="job", where=submitted))
+                    _aggregate(db, "globus_tasks", TASK_COLUMNS, key="job", where=submitted),
+                    _aggregate(db, "globus_tasks", REJECTED_COLUMNS, key="job", where=rejected))
     sites = _merge(_aggregate(db, "transfer_items", ITEM_COLUMNS, key="destination_collection"),
-                   _aggregate(db, "globus_tasks", TASK_COLUMNS, key="destination_endpoint", where=submitted))
+                   _aggregate(db, "globus_tasks", TASK_COLUMNS, key="destination_endpoint", where=submitted),
+                   _aggregate(db, "globus_tasks", REJECTED_COLUMNS, key="destination_endpoint", where=rejected))
     return dict(format=FORMAT_VERSION, title=title, as_of=iso(as_of), totals=totals, routes=routes, sites=sites)
 
 
@@ -162,7 +198,7 @@ def _fatal_error(text):
 
 def recent_tasks(db, limit, as_of):
     rows = db.query(
-        "SELECT task_id, job, label, source_endpoint, destination_endpoint, status, nice_status, is_paused, files, "
+        "SELECT task_id, job, label, source_endpoint, destination_endpoint, status, nice_status, is_paused, pause_reason, files, "
         "files_transferred, files_skipped, bytes_transferred, effective_bytes_per_second, faults, request_time, "
         "completion_time, fatal_error FROM globus_tasks WHERE task_id IS NOT NULL "
         "ORDER BY COALESCE(request_time, submitted_at, created_at) DESC, id DESC LIMIT %d" % int(limit))
@@ -172,19 +208,34 @@ def recent_tasks(db, limit, as_of):
         row["completion_time"] = iso(row["completion_time"])
         row["fatal_error"] = _fatal_error(row["fatal_error"])
     total = db.scalar("SELECT count(*) FROM globus_tasks WHERE task_id IS NOT NULL")
-    return dict(format=FORMAT_VERSION, as_of=iso(as_of), total=total, tasks=rows)
+    rejected = db.query(
+        "SELECT submission_id, job, kind, label, source_endpoint, destination_endpoint, fatal_error, updated_at "
+        "FROM globus_tasks WHERE status = 'REJECTED' ORDER BY updated_at DESC, id DESC LIMIT %d" % int(limit))
+    for row in rejected:
+        row["updated_at"] = iso(row["updated_at"])
+        row["fatal_error"] = _fatal_error(row["fatal_error"])
+    return dict(format=FORMAT_VERSION, as_of=iso(as_of), total=total, tasks=rows, rejected=rejected)
 
 
 def failing_items(db, limit, as_of):
+    """FAILED and PARTIAL items, newest first; a PARTIAL item with how many files its last task
+    skipped under it (``task_files`` kind 'skipped'), its ``last_error`` naming the first ones."""
+    # The LIMIT applies before the join: one count of skipped files per item shown.
+    under = ("(f.source_path = i.source_path OR substr(f.source_path, 1, length(rtrim(i.source_path, '/')) + 1) "
+             "= rtrim(i.source_path, '/') || '/')")
     rows = db.query(
-        "SELECT route, source_collection, source_path, destination_collection, destination_path, attempts, "
-        "next_attempt_at, last_error, updated_at FROM transfer_items WHERE status = 'FAILED' "
-        "ORDER BY updated_at DESC, id DESC LIMIT %d" % int(limit))
+        "SELECT i.route, i.status, i.source_collection, i.source_path, i.destination_collection, i.destination_path, "
+        "i.attempts, i.next_attempt_at, i.last_error, i.updated_at, CASE WHEN i.status = 'PARTIAL' THEN "
+        "(SELECT count(*) FROM globus_tasks t JOIN task_files f ON f.task_id = t.task_id AND f.kind = 'skipped' "
+        "WHERE t.submission_id = i.submission_id AND %s) END AS files_skipped "
+        "FROM (SELECT * FROM transfer_items WHERE status IN ('FAILED', 'PARTIAL') "
+        "ORDER BY updated_at DESC, id DESC LIMIT %d) i ORDER BY i.updated_at DESC, i.id DESC" % (under, int(limit)))
     for row in rows:
         row["next_attempt_at"] = iso(row["next_attempt_at"])
         row["updated_at"] = iso(row["updated_at"])
-    total = db.scalar("SELECT count(*) FROM transfer_items WHERE status = 'FAILED'")
-    return dict(format=FORMAT_VERSION, as_of=iso(as_of), total=total, items=rows)
+    counts = db.query_one("SELECT count(*) AS total, %s AS partial FROM transfer_items WHERE status IN ('FAILED', 'PARTIAL')"
+                          % _count_if("status = 'PARTIAL'"))
+    return dict(format=FORMAT_VERSION, as_of=iso(as_of), total=counts["total"], partial=counts["partial"], items=rows)
 
 
 def epn_status(db, limit, as_of, window_start):
@@ -272,7 +323,8 @@ def progress(db, as_of, history_hours):
             bytes_per_route.setdefault(row["route"], [0] * len(hours))[index] = row["bytes"]
 
     begin = "COALESCE(request_time, submitted_at, created_at)"
-    finish = "CASE WHEN status IN ('SUCCEEDED', 'FAILED') THEN COALESCE(completion_time, updated_at) END"
+    # A LOST task ended when it was marked LOST (its updated_at): it runs no more and holds no slot.
+    finish = "CASE WHEN status IN ('SUCCEEDED', 'FAILED', 'LOST') THEN COALESCE(completion_time, updated_at) END"
     # A task is active in the hours from its start hour to its end hour, both included. Starts
     # before the window count in its first hour; ends are counted in the hour after the end.
     started = dict((r["hour"], r["n"]) for r in db.query(
@@ -476,6 +528,16 @@ def _jinja():
     return jinja2, Markup
 
 
+def attention_rows(summary_data):
+    """One group per ATTENTION state some route has: its label, action and ``[(route, count)]``."""
+    groups = []
+    for field, state, css, action in ATTENTION:
+        routes = [(row["name"], row[field]) for row in summary_data["routes"] if row[field]]
+        if routes:
+            groups.append(dict(field=field, state=state, css=css, action=action, routes=routes))
+    return groups
+
+
 def render_html(data, charts, globus_app_url=DEFAULT_GLOBUS_APP_URL):
     jinja2, markup = _jinja()
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -489,7 +551,8 @@ def render_html(data, charts, globus_app_url=DEFAULT_GLOBUS_APP_URL):
         # matplotlib escapes every text it writes into the SVG; the SVG itself is trusted markup.
         charts=dict((k, markup(v)) for k, v in charts.items()),
         task_url=task_url_prefix(globus_app_url), state_order=EPN_STATE_ORDER, cards=CARDS,
-        count_columns=COUNT_COLUMNS,
+        count_columns=COUNT_COLUMNS, attention=attention_rows(data["summary.json"]),
+        attention_fields=[entry[0] for entry in ATTENTION],
     )
 
 
@@ -635,8 +698,11 @@ tr.total td { font-weight: 600; border-top: 2px solid #c5ccd6; }
 .s { display: inline-block; padding: 1px 6px; border-radius: 3px; font-size: 12px; background: #e3e7ed; }
 .s.succeeded, .s.synced { background: #d4f0dc; color: #185c2c; }
 .s.active, .s.pending, .s.retry { background: #dbe8fb; color: #173f7a; }
-.s.inactive { background: #fff0c2; color: #6b4e00; }
-.s.failed { background: #fbd9d7; color: #86201a; }
+.s.inactive, .s.partial { background: #fff0c2; color: #6b4e00; }
+.s.failed, .s.lost, .s.rejected { background: #fbd9d7; color: #86201a; }
+.card.warn { background: #fff4d6; box-shadow: inset 4px 0 0 #d08a00, 0 1px 2px rgba(0,0,0,.08); }
+#attention { border-left: 4px solid #d08a00; }
+#attention td.action { max-width: 640px; }
 .err, pre { white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; margin: 0; }
 .muted { color: #5a6878; }
 .chart svg { width: 100%; height: auto; max-width: 1100px; }
@@ -650,6 +716,7 @@ footer { padding: 0 24px 24px; color: #5a6878; font-size: 12px; }
 <p>Data as of {{ summary.as_of | when }}{% if summary.as_of %} UTC{% endif %} &middot;
 charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <nav>
+{% if attention %}<a href="#attention">Needs attention</a>{% endif %}
 <a href="#routes">Routes</a> <a href="#sites">Sites</a> <a href="#charts">Charts</a> <a href="#tasks">Recent tasks</a>
 <a href="#failing">Failing items</a> <a href="#epns">EPNs</a> <a href="#jobs">Sync jobs</a>
 </nav>
@@ -658,7 +725,7 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 {% set t = summary.totals %}
 <div class="cards" id="totals">
 {% for key, label in cards %}
-<div class="card">
+<div class="card{% if key in attention_fields and t[key] %} warn{% endif %}">
 <div class="v" data-total="{{ key }}" data-value="{{ t[key] }}">{{ t[key] | number }}</div><div class="l">{{ label }}</div>
 </div>
 {% endfor %}
@@ -671,6 +738,41 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <div class="l">EPNs synced</div>
 </div>
 </div>
+
+{% if attention %}
+<section id="attention">
+<h2>Needs attention</h2>
+<table>
+<thead><tr><th>state</th><th>route / job</th><th class="n">count</th><th>what it means, what to do</th></tr></thead>
+<tbody>
+{% for g in attention %}
+{% for name, count in g.routes %}
+<tr data-attention="{{ g.state }}" data-route="{{ name if name is not none else '' }}" data-count="{{ count }}">
+{% if loop.first %}<td rowspan="{{ g.routes | length }}"><span class="s {{ g.css }}">{{ g.state }}</span></td>{% endif %}
+<td class="id">{{ name if name is not none else "(none)" }}</td>
+<td class="n">{{ count | number }}</td>
+{% if loop.first %}<td class="action" rowspan="{{ g.routes | length }}">{{ g.action }}</td>{% endif %}
+</tr>
+{% endfor %}
+{% endfor %}
+</tbody>
+</table>
+{% if tasks.rejected %}
+<h2>Rejected requests <span class="muted">({{ tasks.rejected | length }} of {{ t.submissions_rejected | number }})</span></h2>
+<table>
+<thead><tr><th>submission</th><th>route / job</th><th>kind</th><th>label</th><th>rejected</th><th>message of the service</th></tr></thead>
+<tbody>
+{% for r in tasks.rejected %}
+<tr data-rejected="{{ r.submission_id }}">
+<td class="id">{{ r.submission_id[:8] }}</td><td>{{ r.job }}</td><td>{{ r.kind }}</td><td>{{ r.label or "" }}</td>
+<td class="t">{{ r.updated_at | when }}</td><td><div class="err">{{ r.fatal_error or "" }}</div></td>
+</tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+</section>
+{% endif %}
 
 {% macro totals_table(id, heading, first, rows, totals) %}
 <section id="{{ id }}">
@@ -730,7 +832,9 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 <td>{{ k.job }}</td>
 <td>{{ k.label or "" }}</td>
 <td><span class="s {{ k.status | status_class }}">{{ k.status }}</span>
-{% if k.is_paused %} <span class="s inactive">paused</span>{% endif %}
+{% if k.is_paused %} <span class="s inactive">paused</span>
+{% if k.pause_reason %}<div class="err" data-pause-reason="{{ k.task_id }}">{{ k.pause_reason }}</div>{% endif %}
+{% endif %}
 {% if k.nice_status and k.nice_status not in ("OK", "Queued") and k.status != "SUCCEEDED" %}
  <span class="muted">{{ k.nice_status }}</span>
 {% endif %}
@@ -753,17 +857,21 @@ charts cover the last {{ progress.hours | length }} hours of recorded data</p>
 
 <section id="failing">
 <h2>Failing items
-<span class="muted" data-total="failing" data-value="{{ failing.total }}">({{ failing["items"] | length }} of {{ failing.total | number }})</span></h2>
+<span class="muted" data-total="failing" data-value="{{ failing.total }}">({{ failing["items"] | length }} of {{ failing.total | number }},
+<span data-total="partial" data-value="{{ failing.partial }}">{{ failing.partial | number }} PARTIAL</span>)</span></h2>
 {% if failing["items"] %}
 <table>
-<thead><tr><th>route</th><th>source path</th><th>destination</th><th class="n">attempts</th><th>next attempt</th><th>last error</th></tr></thead>
+<thead><tr><th>route</th><th>status</th><th>source path</th><th>destination</th><th class="n">attempts</th><th class="n">files skipped</th>
+<th>next attempt</th><th>last error</th></tr></thead>
 <tbody>
 {% for i in failing["items"] %}
-<tr>
+<tr data-item-status="{{ i.status }}">
 <td class="t">{{ i.route }}</td>
+<td><span class="s {{ i.status | status_class }}">{{ i.status }}</span></td>
 <td class="id">{{ i.source_path }}</td>
 <td class="id">{{ i.destination_path }}</td>
 <td class="n">{{ i.attempts | number }}</td>
+<td class="n" data-field="files_skipped" data-value="{{ i.files_skipped }}">{{ i.files_skipped | number }}</td>
 <td class="t">{{ i.next_attempt_at | when }}</td>
 <td><div class="err">{{ i.last_error or "" }}</div></td>
 </tr>

@@ -13,11 +13,16 @@ version_added: 1.0.0
 description:
   - Reads the state database shared by the modules of this collection and writes a static web site
     into O(dest) that any web server can serve, for example the C(scidata.replication.dashboard) role.
-  - C(index.html) shows the totals per route and per destination site (items done, active, failed and
-    pending; tasks; bytes and files transferred), a chart of the bytes transferred per hour and route,
-    a chart of the active and failed tasks per hour, the recent tasks with a link to their page in the
-    Globus web app, the failing items with their last error, the EPN synchronisation status with the
-    last rsync result, and the directory sync jobs.
+  - C(index.html) shows the totals per route and per destination site (items done, active, failed,
+    partial and pending; tasks; bytes and files transferred), a chart of the bytes transferred per hour
+    and route, a chart of the active and failed tasks per hour, the recent tasks with a link to their
+    page in the Globus web app, the failing items (C(FAILED) and C(PARTIAL)) with their last error and
+    how many files a C(PARTIAL) item's task skipped, the EPN synchronisation status with the last
+    rsync result, and the directory sync jobs.
+  - What waits for the operator comes first, per route, with what it means and what to do, for C(PARTIAL)
+    items (their task skipped files under them), C(INACTIVE) tasks (credentials or consent to renew
+    with M(scidata.replication.globus_login)), C(LOST) tasks (no longer visible to these credentials)
+    and C(REJECTED) requests (refused by Globus, listed with the service's message).
   - The same data is written as JSON, one file per dataset (C(summary.json), C(tasks.json),
     C(progress.json), C(items_failing.json), C(epns.json), C(jobs.json)), for other tools.
   - Charts are SVG drawn on the target by matplotlib and embedded in the page; the page loads nothing
@@ -62,7 +67,9 @@ options:
     type: str
     default: Replication status
   recent_tasks:
-    description: Number of tasks in the recent tasks table and C(tasks.json), newest first.
+    description:
+      - Number of tasks in the recent tasks table and C(tasks.json), newest first.
+      - Requests Globus rejected (they never became tasks) are listed apart, up to the same number.
     type: int
     default: 50
   history_hours:
@@ -153,11 +160,15 @@ totals:
     items_done: 180
     items_active: 30
     items_failed: 30
+    items_partial: 2
     items_pending: 160
     tasks: 81
     tasks_active: 8
     tasks_paused: 4
     tasks_failed: 12
+    tasks_inactive: 1
+    tasks_lost: 0
+    submissions_rejected: 1
     tasks_succeeded: 57
     bytes_transferred: 4812338000000
     files_transferred: 10235
@@ -177,7 +188,10 @@ totals:
       description: Items in a running task.
       type: int
     items_failed:
-      description: Items whose last task failed.
+      description: Items whose last task failed, was LOST or whose request was REJECTED.
+      type: int
+    items_partial:
+      description: Items whose last task succeeded but skipped files under them.
       type: int
     items_pending:
       description: Items not sent yet.
@@ -193,6 +207,15 @@ totals:
       type: int
     tasks_failed:
       description: Tasks that FAILED.
+      type: int
+    tasks_inactive:
+      description: Tasks INACTIVE (waiting for credentials or consent).
+      type: int
+    tasks_lost:
+      description: Tasks LOST (no longer visible to these credentials).
+      type: int
+    submissions_rejected:
+      description: Requests Globus REJECTED (never sent again; not counted in RV(totals.tasks)).
       type: int
     tasks_succeeded:
       description: Tasks that SUCCEEDED.
