@@ -725,12 +725,46 @@ def _sftp_error(action, path, exc):
     return RsyncError("cannot %s %s over SFTP: %s" % (action, path, exc), path=path)
 
 
+def _raw_path(path):
+    """The bytes of a name carried as str with surrogate escapes."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def sftp_listdir(sftp, path):
+    """``SFTPClient.listdir_attr`` with every name kept exactly (str with surrogate escapes).
+
+    paramiko's own listing decodes names as strict UTF-8 and fails on the first that is
+    not; the SFTP protocol (version 3) carries names as plain bytes, so they are read as such.
+    """
+    # pylint: disable=protected-access
+    kind, msg = sftp._request(paramiko.sftp.CMD_OPENDIR, _raw_path(path))
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries = []
+    while True:
+        try:
+            kind, msg = sftp._request(paramiko.sftp.CMD_READDIR, handle)
+        except EOFError:  # the end of the listing
+            break
+        if kind != paramiko.sftp.CMD_NAME:
+            raise paramiko.SFTPError("Expected name response")
+        for _index in range(msg.get_int()):
+            name = msg.get_string().decode("utf-8", "surrogateescape")
+            longname = msg.get_string().decode("utf-8", "surrogateescape")
+            attr = paramiko.SFTPAttributes._from_msg(msg, name, longname)
+            if name not in (".", ".."):
+                entries.append(attr)
+    sftp._request(paramiko.sftp.CMD_CLOSE, handle)
+    return entries
+
+
 def list_epn_folders(sftp, directory, epn_pattern=DEFAULT_EPN_PATTERN):
     """Return ``(epns, rejected)``: sub-folders of ``directory`` that are safe EPN names, and
     ``{"epn", "reason"}`` for the others. Files and symbolic links are not EPNs."""
     pattern = _compile_pattern(epn_pattern)
     try:
-        entries = sftp.listdir_attr(directory)
+        entries = sftp_listdir(sftp, directory)
     except (OSError, EOFError, socket.timeout) as exc:
         raise _sftp_error("list", directory, exc) from None
     epns, rejected = [], []
@@ -753,7 +787,7 @@ def walk_epn_folder(sftp, path, keep=rsync_default_filter):
     and not descended into; symbolic links are not followed.
     """
     try:
-        top = sftp.stat(path)
+        top = sftp.stat(_raw_path(path))
     except (OSError, EOFError, socket.timeout) as exc:
         raise _sftp_error("read", path, exc) from None
     size = count = 0
@@ -763,7 +797,7 @@ def walk_epn_folder(sftp, path, keep=rsync_default_filter):
     while stack:
         directory = stack.pop()
         try:
-            entries = sftp.listdir_attr(directory)
+            entries = sftp_listdir(sftp, directory)
         except (OSError, socket.timeout) as exc:
             errors.append("%s: %s" % (directory, exc))
             continue

@@ -436,12 +436,9 @@ locked:
   type: bool
 """
 
-import datetime
 import inspect
-import json
 import os
 
-from ansible.module_utils.basic import remove_values
 from ansible_collections.scidata.replication.plugins.module_utils._epn import (
     DEFAULT_DEST_TEMPLATE,
     DEFAULT_SOURCE_TEMPLATE,
@@ -474,28 +471,6 @@ def command_runner(module):
     return runner
 
 
-def progress_writer(module):
-    """Append one JSON line per EPN event to log_file (the run summary is written by the base)."""
-    path = module.params.get("log_file")
-    if not path:
-        return None
-
-    def write(event):
-        entry = dict(remove_values(event, module.ansible.no_log_values))
-        entry.update(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     module=module.name, check_mode=module.check_mode)
-        try:
-            parent = os.path.dirname(path)
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent, mode=0o750)
-            with open(path, "a") as handle:
-                handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-        except OSError as exc:
-            module.warn("cannot write log_file %s: %s" % (path, exc))
-
-    return write
-
-
 def sync(module):
     params = dict(module.params)
     rsync = params["rsync_path"]
@@ -510,7 +485,7 @@ def sync(module):
         check_mode=module.check_mode,
         diff_mode=module.diff_mode,
         warn=module.warn,
-        progress=progress_writer(module),
+        progress=module.log_event,
     )
     return run.run()
 
