@@ -71,10 +71,20 @@ _SECRET_QUERY_KEYS = ("access_token", "token", "password", "client_password", "s
 _REDACTED = "********"
 
 
+def _is_utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes of bytes that are not UTF-8
+        return False
+    return True
+
+
 def _name_problem(name, pattern):
     """Return why ``name`` is not safe as one path component, or None when it is."""
     if not isinstance(name, str) or not name:
         return "is empty or not a string"
+    if not name.isascii() and not _is_utf8(name):
+        return "is not valid UTF-8"
     if name.startswith("-"):
         return "starts with '-'"
     if name == "." or ".." in name:
