@@ -20,11 +20,15 @@ next run once ``claim_ttl`` has passed. A live run renews its leases while it wo
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import datetime
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import threading
 import time
 import uuid
 
@@ -72,6 +76,119 @@ STDERR_TAIL_LINES = 20
 _HOST_KEY_CHANGED_RE = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed")
 _HOST_KEY_FAILED_RE = re.compile(r"Host key verification failed|No \S+ host key is known for")
 _AUTH_FAILED_RE = re.compile(r"Permission denied \((publickey|password|keyboard-interactive)")
+# ssh could not reach the facility at all: nothing to do with the EPN being synced.
+_UNREACHABLE_RE = re.compile(
+    r"ssh: connect to host .*?: (Connection refused|Connection timed out|Operation timed out|No route to host|"
+    r"Network is unreachable)|ssh: Could not resolve hostname .*|kex_exchange_identification: .*|"
+    r"Connection timed out during banner exchange"
+)
+# rsync's temporary file for NAME is .NAME.XXXXXX beside it; one left behind by a killed rsync
+# is never reused or removed by rsync itself.
+_RSYNC_TEMP_RE = re.compile(r"\..+\.[A-Za-z0-9]{6}")
+STATUS_INTERRUPTED = "interrupted"
+
+
+EARLIER_RSYNC_STOP_SECONDS = 10
+_PR_SET_PDEATHSIG = 1
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the process groups are still killed on exit
+    _PRCTL = None
+
+
+def _die_with_parent():
+    """In the child before exec: the kernel kills it when the run that started it dies."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class RsyncProcesses(object):
+    """``runner(argv) -> (rc, stdout, stderr)`` whose children live only as long as the run.
+
+    Each child leads its own process group (rsync forks a receiver and ssh) and gets a
+    parent-death signal, so a run killed with SIGKILL takes its rsyncs with it; ``kill_all``
+    ends the groups still running when the run ends any other way. Output is decoded with
+    surrogate escapes, so names that are not UTF-8 keep their bytes.
+    """
+
+    def __init__(self, environ_update):
+        self.environ = dict(os.environ, **environ_update)
+        self.groups = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, argv):
+        process = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environ,
+            close_fds=True, start_new_session=True, preexec_fn=_die_with_parent)
+        with self.lock:
+            self.groups.add(process.pid)
+        try:
+            out, err = process.communicate()
+        finally:
+            self._kill_group(process.pid)  # whatever rsync left behind in its group, too
+            process.wait()
+            with self.lock:
+                self.groups.discard(process.pid)
+        return process.returncode, out.decode("utf-8", "surrogateescape"), err.decode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def _kill_group(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill_all(self):
+        with self.lock:
+            groups = list(self.groups)
+        for pgid in groups:
+            self._kill_group(pgid)
+
+
+def rsyncs_writing_to(destination):
+    """PIDs of this user's rsync processes whose destination argument is ``destination``."""
+    if not os.path.isdir("/proc"):
+        return []
+    target = os.fsencode(destination)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat("/proc/" + entry).st_uid != os.getuid():
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                argv = handle.read().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if len(argv) > 2 and b"rsync" in os.path.basename(argv[0]) and argv[-1] == target:
+            found.append(int(entry))
+    return found
+
+
+def stop_earlier_rsyncs(destination, timeout=EARLIER_RSYNC_STOP_SECONDS):
+    """Kill every rsync still writing into ``destination`` (left by a run that died); returns their PIDs.
+
+    Called while this run holds the EPN's claim, so no live run of this EPN owns them.
+    """
+    pids = rsyncs_writing_to(destination)
+    for pid in pids:
+        try:
+            # A group this collection started holds the rsync and its ssh; end it whole.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and rsyncs_writing_to(destination):
+        if time.monotonic() >= deadline:
+            raise RsyncError("an earlier rsync (pid %s) still writes into %s and could not be stopped; nothing "
+                             "was started there" % (", ".join(str(p) for p in rsyncs_writing_to(destination)),
+                                                     destination), path=destination)
+        time.sleep(0.1)
+    return pids
 
 
 def run_owner():
@@ -167,6 +284,11 @@ class EpnStore(object):
             sql += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             params.append(now)
         return self.db.execute(sql, params) == 1
+
+    def refund_attempt(self, epn, owner):
+        """Take back the attempt counted at the start, keeping the lease (a run-level failure)."""
+        return self.db.execute("UPDATE epns SET attempts = attempts - 1 WHERE epn = ? AND claimed_by = ? "
+                               "AND attempts > 0", (epn, owner))
 
     def renew(self, owner, ttl, now):
         return self.db.execute("UPDATE epns SET claim_expires_at = ? WHERE claimed_by = ?", (now + ttl, owner))
@@ -283,6 +405,32 @@ class EpnStore(object):
                 )
 
 
+def unreachable(stderr):
+    """The line of ssh's stderr that says the facility could not be reached, or None."""
+    match = _UNREACHABLE_RE.search(stderr or "")
+    return match.group(0).strip() if match else None
+
+
+def remove_stale_temp_files(root):
+    """Remove the temporary files killed rsyncs left under ``root``; returns their paths.
+
+    Call only when no rsync writes into ``root``. The default filter excludes dotfiles
+    other than ``.info`` from the source, so a ``.NAME.XXXXXX`` here is always rsync's.
+    """
+    removed = []
+    for directory, _dirs, files in os.walk(os.fsencode(root)):
+        for name in files:
+            text = os.fsdecode(name)
+            if _RSYNC_TEMP_RE.fullmatch(text):
+                path = os.path.join(directory, name)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(os.fsdecode(path))
+    return removed
+
+
 def ssh_problem(stderr, host, port, user, known_hosts_file):
     """A run-wide SSH failure in rsync's stderr (host key, authentication), or None.
 
@@ -302,11 +450,6 @@ def ssh_problem(stderr, host, port, user, known_hosts_file):
     return None
 
 
-def policy_rc(rc):
-    """run_command gives -N for a process killed by signal N; the policy sees 128+N, like a shell."""
-    return 128 - rc if rc is not None and rc < 0 else rc
-
-
 class EpnRsyncRun(object):
     """One run of epn_rsync. ``run()`` returns the result dict or raises RsyncError with it."""
 
@@ -324,7 +467,7 @@ class EpnRsyncRun(object):
         self.entries = {}
         # Not "failed" or "skipped": Ansible reads those keys as the task's own status.
         self.result = dict(changed=False, epns=[], synced=[], failed_epns=[], retrying=[], skipped_epns=[], rejected=[],
-                           unmapped=[], held_back=[], imported=[], stopped=False)
+                           unmapped=[], held_back=[], imported=[], interrupted=[], stopped=False)
         self.run_error = None
         self.stop = False
 
@@ -547,7 +690,12 @@ class EpnRsyncRun(object):
                     last_renewal = self.clock()
             for job in delayed:
                 # The run stopped while these waited for a retry: leave them for the next run.
-                self._settle(job, STATE_RETRY, job.get("last_rc"), next_attempt_at=job["ready_at"])
+                if job.get("unreachable"):
+                    # Their last attempt was refunded: they stay as they were.
+                    self._entry(job)["status"] = STATUS_INTERRUPTED
+                    self._settle(job, None, job.get("last_rc"))
+                else:
+                    self._settle(job, STATE_RETRY, job.get("last_rc"), next_attempt_at=job["ready_at"])
 
     def _next_job(self, queue, delayed, limit_reached):
         now = self.clock()
@@ -581,6 +729,14 @@ class EpnRsyncRun(object):
                 self.store.settle(job["epn"], self.owner, now, state=STATE_FAILED)
                 return False
             job["attempt_id"], job["attempts"] = self.store.start_attempt(job["epn"], self.owner, now)
+            stopped = stop_earlier_rsyncs(job["dest_path"])
+            if stopped:
+                self.warn("stopped an earlier rsync (pid %s) still writing into %s" % (
+                    ", ".join(str(pid) for pid in stopped), job["dest_path"]))
+            removed = remove_stale_temp_files(job["dest_path"])
+            if removed:
+                entry = self._entry(job)
+                entry["stale_temp_files_removed"] = entry.get("stale_temp_files_removed", 0) + len(removed)
         else:
             job["attempts"] = job["run_attempts"]
         job["started_at"] = now
@@ -629,19 +785,33 @@ class EpnRsyncRun(object):
         problem = None
         if rc is None:
             problem = err
-        elif rc != 0:
+        elif rc > 0:
             p = self.params
             problem = ssh_problem(err, p["host"], p["port"], p["user"], p.get("known_hosts_file"))
+            down = None if problem else unreachable(err)
+            job["unreachable"] = bool(down)
+            if down:
+                problem = "facility unreachable: %s" % down
+                if job["run_attempts"] <= self.params["run_retries"] and not self.stop and not self.check_mode:
+                    # Try again in this run; the attempt is not the EPN's.
+                    self.store.refund_attempt(job["epn"], self.owner)
+                    job["attempts"] -= 1
+                    job["ready_at"] = now + backoff_seconds(job["run_attempts"], self.params["retry_delay"], 2,
+                                                            self.params["retry_max_delay"])
+                    delayed.append(job)
+                    entry.update(status="retrying", meaning=problem, stderr_tail=err_tail)
+                    self._progress_done(job, entry)
+                    return
         if problem:
-            # Not this EPN's fault: it stays as it was, and the run stops.
-            entry.update(status=STATUS_FATAL, meaning=problem, stderr_tail=err_tail)
+            # Not this EPN's fault: its state and attempt count stay as they were, and the run stops.
+            entry.update(status=STATUS_INTERRUPTED, meaning=problem, stderr_tail=err_tail)
             self.run_error = self.run_error or problem
             self.stop = True
             self._settle(job, None, rc, refund_attempt=True)
             self._progress_done(job, entry)
             return
 
-        decision = resolve_exit_code(policy_rc(rc), job["attempts"], self.policy, self.params["max_attempts"])
+        decision = resolve_exit_code(rc, job["attempts"], self.policy, self.params["max_attempts"])
         status = decision["status"]
         entry.update(status=status, meaning=decision["meaning"])
         if status not in (STATUS_SUCCESS,):
@@ -697,6 +867,8 @@ class EpnRsyncRun(object):
                 result["failed_epns"].append(entry["epn"])
             elif status in (STATUS_RETRY, "retrying"):
                 result["retrying"].append(entry["epn"])
+            elif status == STATUS_INTERRUPTED:
+                result["interrupted"].append(entry["epn"])
             if entry.get("warning"):
                 self.warn("EPN %s: %s" % (entry["epn"], entry["warning"]))
         if self.check_mode:
@@ -722,6 +894,13 @@ class EpnRsyncRun(object):
         counts = "%d synced, %d failed, %d to retry, %d skipped, %d rejected, %d unmapped" % (
             len(result["synced"]), len(result["failed_epns"]), len(result["retrying"]), len(result["skipped_epns"]),
             len(result["rejected"]), len(result["unmapped"]))
+        if result["interrupted"]:
+            counts += ", %d interrupted (state unchanged)" % len(result["interrupted"])
+        waiting = set(result["retrying"]) | set(s["epn"] for s in result["skipped_epns"] if "(backoff)" in s["reason"])
+        result["all_waiting"] = bool(waiting) and not (result["synced"] or result["failed_epns"] or problems)
+        if result["all_waiting"]:
+            counts = "nothing synced: every EPN to do waits for a retry (%s); " % ", ".join(sorted(waiting)) + counts
+            self.warn("every EPN to do waits for a retry: %s" % ", ".join(sorted(waiting)))
         if problems:
             raise RsyncError("; ".join(problems) + " (%s)" % counts, **result)
         result["msg"] = ("check mode: " if self.check_mode else "") + counts

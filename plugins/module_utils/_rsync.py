@@ -15,6 +15,7 @@ argv to ``AnsibleModule.run_command`` with ``RSYNC_ENVIRONMENT`` and feed its ou
 from __future__ import annotations
 
 import re
+import signal
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import (
     ConfigError,
@@ -295,7 +296,13 @@ def build_rsync_argv(
 
 
 def exit_code_meaning(rc):
-    """Return rsync's description of an exit code, or ``unknown exit code N``."""
+    """Return rsync's description of an exit code (-N: killed by signal N), or ``unknown exit code N``."""
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = "signal %d" % -rc
+        return "rsync was killed by %s" % name
     return EXIT_CODE_MEANINGS.get(rc, "unknown exit code %s" % rc)
 
 
@@ -319,7 +326,13 @@ def build_exit_policy(overrides=None):
 
 
 def classify_exit_code(rc, policy=None):
-    """Return the policy action for ``rc``; codes the policy does not list are fatal."""
+    """Return the policy action for ``rc``; codes the policy does not list are fatal.
+
+    A negative ``rc`` (rsync killed by a signal: the OOM killer, an operator) says nothing
+    about the EPN, so it is retried like a dropped connection.
+    """
+    if rc is not None and rc < 0:
+        return ACTION_RETRY
     return (DEFAULT_EXIT_POLICY if policy is None else policy).get(rc, ACTION_FATAL)
 
 

@@ -159,7 +159,9 @@ options:
         warning), V(retry), V(retry_once), V(fatal) or V(stop).
       - "The default: retry with backoff 5, 10, 12, 30, 35, 255; retry once then report 11, 14, 21, 22, 23;
         24 (files vanished) is success with a warning; fatal 1, 2, 3, 4, 13, 25; 20 stops the run. Other codes are
-        fatal. A process killed by signal N counts as exit code 128+N."
+        fatal."
+      - rsync killed by a signal (the OOM killer, an operator's C(kill -9)) is retried like V(retry): a signal
+        says nothing about the EPN.
       - An SSH host-key or authentication failure stops the run whatever the exit code, without counting against
         the EPN.
     type: dict
@@ -436,7 +438,6 @@ locked:
   type: bool
 """
 
-import inspect
 import os
 
 from ansible_collections.scidata.replication.plugins.module_utils._epn import (
@@ -448,6 +449,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._epn import (
 from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
     DEFAULT_CLAIM_TTL,
     EpnRsyncRun,
+    RsyncProcesses,
 )
 from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
 from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
@@ -459,18 +461,6 @@ from ansible_collections.scidata.replication.plugins.module_utils._rsync import 
 )
 
 
-def command_runner(module):
-    """``argv -> (rc, stdout, stderr)`` through run_command: no shell, no ~ or $VAR expansion."""
-    kwargs = dict(environ_update=RSYNC_ENVIRONMENT, expand_user_and_vars=False, errors="surrogateescape")
-    if "handle_exceptions" in inspect.signature(module.ansible.run_command).parameters:
-        kwargs["handle_exceptions"] = False  # raise instead of fail_json from a worker thread
-
-    def runner(argv):
-        return module.ansible.run_command(argv, **kwargs)
-
-    return runner
-
-
 def sync(module):
     params = dict(module.params)
     rsync = params["rsync_path"]
@@ -478,16 +468,20 @@ def sync(module):
     if not found or not os.access(found, os.X_OK):
         raise ConfigError("cannot find the rsync program %s on the target" % rsync, option="rsync_path")
     params["rsync_path"] = found
+    processes = RsyncProcesses(RSYNC_ENVIRONMENT)
     run = EpnRsyncRun(
         params,
         module.state(),
-        command_runner(module),
+        processes,
         check_mode=module.check_mode,
         diff_mode=module.diff_mode,
         warn=module.warn,
         progress=module.log_event,
     )
-    return run.run()
+    try:
+        return run.run()
+    finally:
+        processes.kill_all()
 
 
 def main():

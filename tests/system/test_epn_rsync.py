@@ -285,7 +285,7 @@ def test_changed_host_key_is_refused(ansible, sshd, tmp_path):
     result, _out = ansible.run(MODULE, args)
     assert result.get("failed"), result
     assert "does not match" in result["msg"] and "refusing to connect" in result["msg"]
-    assert result["epns"][0]["status"] == "fatal"
+    assert result["epns"][0]["status"] == "interrupted"
     assert known_hosts.read_text() == before  # never "learns" the new key
     assert not os.path.exists(str(tmp_path / "dest" / "projF" / "40001a" / "data"))
     row = query(state_db, "SELECT state, attempts, claimed_by, last_rc FROM epns")[0]
