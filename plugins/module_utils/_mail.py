@@ -49,7 +49,8 @@ _REDACTED = "********"
 # Context: with_details (epn, start_time, end_time, equipment_id, principal_scientist and
 # data_scientists as {first_names, last_name, email}), without_details (EPN names),
 # without_details_rows (the same in rows of 8), unknown_count, host, directory,
-# visit_day_range, generated_at.
+# visit_day_range, generated_at. With trim_blocks, a tag that ends a line of text is
+# written ``+%}`` so the line break after it stays (``{%+`` keeps the indent before one).
 DEFAULT_TEXT_TEMPLATE = """\
 {%- macro person(p) -%}
 {{ p.first_names }} {{ p.last_name }}{% if p.email %} <{{ p.email }}>{% endif %}
@@ -62,11 +63,11 @@ EPNs with visit details from the facility portal
 ================================================
 {% for e in with_details %}
 
-EPN {{ e.epn }}{% if e.equipment_id %} (equipment {{ e.equipment_id }}){% endif %}
+EPN {{ e.epn }}{% if e.equipment_id %} (equipment {{ e.equipment_id }}){% endif +%}
   Visit:               {{ e.start_time }} to {{ e.end_time }}
-  Principal scientist: {% if e.principal_scientist %}{{ person(e.principal_scientist) }}{% else %}unknown{% endif %}
-  Data scientists:     {% for p in e.data_scientists %}{% if not loop.first %}
-                       {% endif %}{{ person(p) }}{% else %}none listed{% endfor %}
+  Principal scientist: {% if e.principal_scientist %}{{ person(e.principal_scientist) }}{% else %}unknown{% endif +%}
+  Data scientists:     {% for p in e.data_scientists %}{% if not loop.first +%}
+                       {%+ endif %}{{ person(p) }}{% else %}none listed{% endfor +%}
 {% endfor %}
 {% endif %}
 {% if without_details %}
