@@ -97,9 +97,13 @@ except (OSError, AttributeError):  # not Linux: the process groups are still kil
 
 
 def _die_with_parent():
-    """In the child before exec: the kernel kills it when the run that started it dies."""
+    """In the child before exec: the kernel signals it when the run that started it dies.
+
+    SIGTERM, not SIGKILL: rsync then stops the receiver it forked (which SIGKILL would leave
+    running, adopted by init) and keeps the partial file for the next run to resume.
+    """
     if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 class RsyncProcesses(object):
@@ -107,7 +111,7 @@ class RsyncProcesses(object):
 
     Each child leads its own process group (rsync forks a receiver and ssh) and gets a
     parent-death signal, so a run killed with SIGKILL takes its rsyncs with it; ``kill_all``
-    ends the groups still running when the run ends any other way. Output is decoded with
+    stops the groups still running when the run ends any other way. Output is decoded with
     surrogate escapes, so names that are not UTF-8 keep their bytes.
     """
 
@@ -125,24 +129,25 @@ class RsyncProcesses(object):
         try:
             out, err = process.communicate()
         finally:
-            self._kill_group(process.pid)  # whatever rsync left behind in its group, too
+            self._kill_group(process.pid, signal.SIGKILL)  # whatever rsync left behind in its group, too
             process.wait()
             with self.lock:
                 self.groups.discard(process.pid)
         return process.returncode, out.decode("utf-8", "surrogateescape"), err.decode("utf-8", "surrogateescape")
 
     @staticmethod
-    def _kill_group(pgid):
+    def _kill_group(pgid, sig):
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
     def kill_all(self):
+        """Stop every rsync still running (SIGTERM: rsync keeps its partial file); each is then reaped."""
         with self.lock:
             groups = list(self.groups)
         for pgid in groups:
-            self._kill_group(pgid)
+            self._kill_group(pgid, signal.SIGTERM)
 
 
 def rsyncs_writing_to(destination):
@@ -653,41 +658,46 @@ class EpnRsyncRun(object):
         running = {}
         claimed = 0
         last_renewal = self.clock()
-        # Threads, not processes: each only waits in AnsibleModule.run_command for its rsync. In
-        # ansible-core run_command builds its own environment copy and selector per call, changes
-        # no process-wide state (no chdir, no os.environ edits) and reads stdout and stderr
-        # together, so a chatty stderr cannot block rsync. Every database call stays on this
-        # thread (SQLite connections belong to the thread that made them).
+        # Threads, not processes: each only waits for its rsync (RsyncProcesses reads stdout and
+        # stderr together, so a chatty stderr cannot block rsync). Every database call stays on
+        # this thread (SQLite connections belong to the thread that made them).
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            while True:
-                while len(running) < workers and not self.stop:
-                    job = self._next_job(queue, delayed, limit is not None and claimed >= limit)
-                    if job is None:
-                        break
-                    if job.get("claimed_now"):
-                        claimed += 1
-                        job["claimed_now"] = False
-                    if not self._start(job):
-                        continue
-                    running[pool.submit(self._execute, job)] = job
-                if not running:
-                    if self.stop or not delayed:
-                        break
-                    wait = min(j["ready_at"] for j in delayed) - self.clock()
-                    if wait > 0:
-                        time.sleep(min(wait, heartbeat))
-                else:
-                    timeout = heartbeat
-                    if delayed:
-                        timeout = max(0.05, min(timeout, min(j["ready_at"] for j in delayed) - self.clock()))
-                    done, _pending = concurrent.futures.wait(
-                        list(running), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        job = running.pop(future)
-                        self._handle(job, future.result(), delayed)
-                if not self.check_mode and self.clock() - last_renewal >= heartbeat:
-                    self.store.renew(self.owner, self.params["claim_ttl"], self.clock())
-                    last_renewal = self.clock()
+            try:
+                while True:
+                    while len(running) < workers and not self.stop:
+                        job = self._next_job(queue, delayed, limit is not None and claimed >= limit)
+                        if job is None:
+                            break
+                        if job.get("claimed_now"):
+                            claimed += 1
+                            job["claimed_now"] = False
+                        if not self._start(job):
+                            continue
+                        running[pool.submit(self._execute, job)] = job
+                    if not running:
+                        if self.stop or not delayed:
+                            break
+                        wait = min(j["ready_at"] for j in delayed) - self.clock()
+                        if wait > 0:
+                            time.sleep(min(wait, heartbeat))
+                    else:
+                        timeout = heartbeat
+                        if delayed:
+                            timeout = max(0.05, min(timeout, min(j["ready_at"] for j in delayed) - self.clock()))
+                        done, _pending = concurrent.futures.wait(
+                            list(running), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+                        for future in done:
+                            job = running.pop(future)
+                            self._handle(job, future.result(), delayed)
+                    if not self.check_mode and self.clock() - last_renewal >= heartbeat:
+                        self.store.renew(self.owner, self.params["claim_ttl"], self.clock())
+                        last_renewal = self.clock()
+            except BaseException:
+                # Leaving the pool waits for its threads: end their rsyncs first, not after.
+                stop_processes = getattr(self.runner, "kill_all", None)
+                if stop_processes is not None:
+                    stop_processes()
+                raise
             for job in delayed:
                 # The run stopped while these waited for a retry: leave them for the next run.
                 if job.get("unreachable"):
