@@ -86,6 +86,9 @@ _UNREACHABLE_RE = re.compile(
 # is never reused or removed by rsync itself.
 _RSYNC_TEMP_RE = re.compile(r"\..+\.[A-Za-z0-9]{6}")
 STATUS_INTERRUPTED = "interrupted"
+DEFAULT_MISSING_SOURCE_DAYS = 7
+# rsync (rc 23) when the EPN's folder itself is not on the facility (yet).
+_SOURCE_MISSING_RE = re.compile(r'(?:change_dir|link_stat) "(?P<path>[^"\n]*)" failed: No such file or directory')
 
 
 EARLIER_RSYNC_STOP_SECONDS = 10
@@ -436,6 +439,13 @@ def remove_stale_temp_files(root):
     return removed
 
 
+def source_missing(stderr, source_path):
+    """Whether rsync's stderr says the EPN folder ``source_path`` itself does not exist."""
+    wanted = source_path.rstrip("/")
+    return any(match.group("path").rstrip("/") in (wanted, wanted + "/.")
+               for match in _SOURCE_MISSING_RE.finditer(stderr or ""))
+
+
 def ssh_problem(stderr, host, port, user, known_hosts_file):
     """A run-wide SSH failure in rsync's stderr (host key, authentication), or None.
 
@@ -485,7 +495,7 @@ class EpnRsyncRun(object):
             raise ConfigError("choose the EPNs with exactly one of epns, from_portal=true or from_db=true (got %s)"
                               % (", ".join(chosen) or "none"), option="epns")
         for name, minimum in (("workers", 1), ("max_attempts", 1), ("run_retries", 0), ("retry_delay", 0),
-                              ("retry_max_delay", 0), ("limit", 1)):
+                              ("retry_max_delay", 0), ("limit", 1), ("missing_source_days", 0)):
             if p.get(name) is not None and p[name] < minimum:
                 raise ConfigError("%s must be at least %d" % (name, minimum), option=name)
         if p["claim_ttl"] < MINIMUM_CLAIM_TTL:
@@ -821,6 +831,10 @@ class EpnRsyncRun(object):
             self._progress_done(job, entry)
             return
 
+        if rc == 23 and source_missing(err, job["source_path"]):
+            self._source_missing(job, entry, now, err_tail)
+            return
+
         decision = resolve_exit_code(rc, job["attempts"], self.policy, self.params["max_attempts"])
         status = decision["status"]
         entry.update(status=status, meaning=decision["meaning"])
@@ -849,6 +863,28 @@ class EpnRsyncRun(object):
             self._settle(job, STATE_FAILED, rc)
         else:  # a retry in check mode: report it, nothing to record
             self._settle(job, None, rc)
+        self._progress_done(job, entry)
+
+    def _source_missing(self, job, entry, now, err_tail):
+        """The EPN's folder is not on the facility yet: retry on later runs, up to missing_source_days.
+
+        The portal may list a visit before the facility creates its folder; such a run is not
+        counted as an attempt. The days count from when the EPN was first queued.
+        """
+        days = self.params["missing_source_days"]
+        row = None if self.check_mode else self.store.rows([job["epn"]]).get(job["epn"])
+        first_seen = row["created_at"] if row and row.get("created_at") else now
+        entry["stderr_tail"] = err_tail
+        if now - first_seen >= days * 86400:
+            entry.update(status=STATUS_FAILED, meaning="source folder %s still missing %s day(s) after the EPN was "
+                         "first queued (missing_source_days)" % (job["source_path"], days))
+            self._settle(job, STATE_FAILED, job["last_rc"])
+        else:
+            entry.update(status=STATUS_RETRY, meaning="source folder %s does not exist yet; later runs look again "
+                         "until %s" % (job["source_path"], iso(first_seen + days * 86400)))
+            if not self.check_mode:
+                self.store.refund_attempt(job["epn"], self.owner)
+            self._settle(job, STATE_RETRY, job["last_rc"], next_attempt_at=now)
         self._progress_done(job, entry)
 
     def _progress_done(self, job, entry):

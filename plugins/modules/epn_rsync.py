@@ -187,6 +187,13 @@ options:
       - The longest wait between attempts, in seconds.
     type: int
     default: 3600
+  missing_source_days:
+    description:
+      - How long an EPN whose folder does not exist on O(host) yet (rsync exit code 23, C(change_dir ... No such
+        file or directory)) is looked for again, in days from when it was first queued. Each run looks once; such
+        a run does not count as an attempt. After this many days the EPN is marked failed.
+    type: int
+    default: 7
   retry_failed:
     description:
       - Also try EPNs marked failed, starting their attempt count again.
@@ -448,6 +455,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._epn import (
 )
 from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
     DEFAULT_CLAIM_TTL,
+    DEFAULT_MISSING_SOURCE_DAYS,
     EpnRsyncRun,
     RsyncProcesses,
 )
@@ -512,6 +520,7 @@ def main():
         retry_delay=dict(type="int", default=30),
         retry_max_delay=dict(type="int", default=3600),
         retry_failed=dict(type="bool", default=False),
+        missing_source_days=dict(type="int", default=DEFAULT_MISSING_SOURCE_DAYS),
         force=dict(type="bool", default=False),
         claim_ttl=dict(type="int", default=DEFAULT_CLAIM_TTL),
     )

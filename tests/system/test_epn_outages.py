@@ -166,3 +166,29 @@ def test_no_earlier_rsync_writes_into_an_epn_when_a_run_starts_it(ansible, sshd,
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
+
+
+def test_visit_folder_not_there_yet_is_looked_for_again_until_the_limit(ansible, sshd, tmp_path):
+    args = base_args(sshd.info, tmp_path, epns=["41001a", "41002a"], missing_source_days=7)
+    make_epn(tmp_path / "src" / "MX", "41002a", {"f.cbf": b"f"})
+    for _run in range(2):
+        result, _out = ansible.run(MODULE, args)
+        assert not result.get("failed"), result
+        assert result["synced"] in (["41002a"], []) and result["retrying"] == ["41001a"], result
+        entry = [e for e in result["epns"] if e["epn"] == "41001a"][0]
+        assert entry["status"] == "retry" and "does not exist yet" in entry["meaning"] and entry["attempts"] == 1
+        row = query(args["state_db"], "SELECT state, attempts FROM epns WHERE epn = '41001a'")[0]
+        assert row == {"state": "retry", "attempts": 0}
+    assert result["all_waiting"] is True  # the second run: 41002a is synced already
+
+    # The folder appears: the next run syncs it.
+    make_epn(tmp_path / "src" / "MX", "41001a", {"late.cbf": b"l" * 10})
+    result, _out = ansible.run(MODULE, args)
+    assert not result.get("failed") and result["synced"] == ["41001a"], result
+
+    # An EPN whose folder never appears is failed once missing_source_days have passed.
+    args.update(epns=["41003a"], epn_cap_map=dict(CAP_MAP, **{"41003": "projO"}), missing_source_days=0)
+    result, _out = ansible.run(MODULE, args)
+    assert result.get("failed") and result["failed_epns"] == ["41003a"], result
+    assert "still missing 0 day(s)" in result["epns"][0]["meaning"]
+    assert query(args["state_db"], "SELECT state FROM epns WHERE epn = '41003a'") == [{"state": "failed"}]
