@@ -37,6 +37,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._epn import (
     parse_portal_time,
     plan_epn_transfers,
     portal_clients_from_params,
+    portal_timezone,
     read_ignore_file,
     validate_epn,
 )
@@ -293,6 +294,11 @@ class EpnStore(object):
             params.append(now)
         return self.db.execute(sql, params) == 1
 
+    def requeue(self, epn, now):
+        """A synced EPN is pending again, with a fresh attempt count (a later visit brought new data)."""
+        return self.db.execute("UPDATE epns SET state = ?, attempts = 0, next_attempt_at = NULL, updated_at = ? "
+                               "WHERE epn = ? AND state = ?", (STATE_PENDING, now, epn, STATE_SYNCED))
+
     def refund_attempt(self, epn, owner):
         """Take back the attempt counted at the start, keeping the lease (a run-level failure)."""
         return self.db.execute("UPDATE epns SET attempts = attempts - 1 WHERE epn = ? AND claimed_by = ? "
@@ -482,7 +488,7 @@ class EpnRsyncRun(object):
         self.entries = {}
         # Not "failed" or "skipped": Ansible reads those keys as the task's own status.
         self.result = dict(changed=False, epns=[], synced=[], failed_epns=[], retrying=[], skipped_epns=[], rejected=[],
-                           unmapped=[], held_back=[], imported=[], interrupted=[], stopped=False)
+                           unmapped=[], held_back=[], imported=[], interrupted=[], requeued=[], stopped=False)
         self.run_error = None
         self.stop = False
 
@@ -589,14 +595,15 @@ class EpnRsyncRun(object):
                 jobs.extend(self._plan([row["epn"]], row.get("beamline") or p.get("beamline")))
             return jobs
         if p["from_portal"]:
-            clients = portal_clients_from_params(p)
+            clients = portal_clients_from_params(p, warn=self.warn)
+            portal_tz = portal_timezone(p["portal_timezone"])
             selection = fetch_visits_to_sync(clients, datetime.datetime.now(datetime.timezone.utc),
-                                             p["visit_day_range"])
+                                             p["visit_day_range"], portal_tz)
             self.result["held_back"] = selection["skipped"]
             self.result["current_start"] = selection["current_start"]
             meta = {}
             for visit in selection["visits"]:
-                meta[visit["epn"]] = _visit_meta(visit)
+                meta[visit["epn"]] = _visit_meta(visit, portal_tz)
             return self._plan([visit["epn"] for visit in selection["visits"]], p.get("beamline"), meta)
         return self._plan(p["epns"], p.get("beamline"))
 
@@ -610,6 +617,11 @@ class EpnRsyncRun(object):
             reason = None
             if job["epn"] in imported and not p["force"]:
                 reason = "already synced (imported from import_ignore_file)"
+            elif self._later_visit(job, row):
+                # Users come back: a visit that ended after the last sync brings new data.
+                if not self.check_mode:
+                    self.store.requeue(job["epn"], now)
+                self.result["requeued"].append(job["epn"])
             elif row is not None:
                 reason = self._skip_reason(row, now)
             if reason:
@@ -619,6 +631,12 @@ class EpnRsyncRun(object):
         if p["from_db"]:
             eligible = eligible[:p["limit"]] if self.check_mode else eligible
         return eligible
+
+    @staticmethod
+    def _later_visit(job, row):
+        """Whether ``job`` (from the portal) is a visit of a synced EPN that ended after its last sync."""
+        return (row is not None and row["state"] == STATE_SYNCED and job.get("visit_end") is not None
+                and row.get("last_synced_at") is not None and job["visit_end"] > row["last_synced_at"])
 
     def _skip_reason(self, row, now):
         p = self.params
@@ -953,11 +971,11 @@ class EpnRsyncRun(object):
         return result
 
 
-def _visit_meta(visit):
+def _visit_meta(visit, portal_tz):
     meta = {}
     for key, column in (("start_time", "visit_start"), ("end_time", "visit_end")):
         try:
-            meta[column] = parse_portal_time(visit.get(key), datetime.timezone.utc).timestamp()
+            meta[column] = parse_portal_time(visit.get(key), portal_tz).timestamp()
         except ValueError:
             meta[column] = None
     if isinstance(visit.get("principal_scientist"), dict):
