@@ -24,8 +24,13 @@ description:
     C({dest_root}/{project}/{epn}/data/), with the project folder from O(epn_cap_map). EPNs without a mapping are
     reported in RV(unmapped), never guessed.
   - rsync runs as an argument list (never through a shell), with the paths after C(--) and C(--protect-args), and
-    ssh runs with C(BatchMode=yes), strict host-key checking against O(known_hosts_file), a connect timeout and
-    keep-alives. The default options reproduce mxsync's intent; live runs and check mode use the same options.
+    ssh runs self-contained: C(-F /dev/null) (no user or system ssh configuration), C(BatchMode=yes), only
+    O(key_file) offered (C(IdentitiesOnly=yes)), strict host-key checking against O(known_hosts_file) alone
+    (C(GlobalKnownHostsFile=/dev/null)), a connect timeout and keep-alives. The default options reproduce mxsync's
+    intent; live runs and check mode use the same options.
+  - Modes of the copied data are group-shared and closed to others (C(--chmod=D2770,Fug+rwX,Fo-rwx)): folders
+    2770 (setgid, so new files keep the project group), files 660, or 770 when the source file is executable.
+    Folders above the data folder that the module creates get the default mode of the account (umask).
   - With a PostgreSQL O(state_db), several hosts may run this module at the same time against the same database;
     each EPN is claimed by exactly one run (a lease that the running module keeps renewing), and the EPNs of a run
     that died are taken over once its lease (O(claim_ttl)) has expired. With SQLite (one host) the run lock
@@ -143,8 +148,13 @@ options:
     default: true
   extra_args:
     description:
-      - More rsync long options, for example V(--checksum). Options that would replace the SSH command or
-        turn off argument protection are refused.
+      - More rsync options, each spelled in full and only from this list (anything else is refused, so no
+        option can replace the SSH command, turn off argument protection, change name encoding or delete files):
+        V(--checksum), V(--ignore-times), V(--numeric-ids), V(--omit-dir-times), V(--prune-empty-dirs),
+        V(--sparse), V(--whole-file), V(--no-whole-file), V(--ipv4), V(--ipv6), and with C(=VALUE)
+        V(--exclude), V(--include), V(--filter), V(--max-size), V(--min-size), V(--modify-window),
+        V(--block-size), V(--compress-choice), V(--compress-level), V(--skip-compress), V(--checksum-choice),
+        V(--rsync-path).
     type: list
     elements: str
     default: []
