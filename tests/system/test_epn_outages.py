@@ -169,7 +169,7 @@ def test_no_earlier_rsync_writes_into_an_epn_when_a_run_starts_it(ansible, sshd,
 
 
 def test_visit_folder_not_there_yet_is_looked_for_again_until_the_limit(ansible, sshd, tmp_path):
-    args = base_args(sshd.info, tmp_path, epns=["41001a", "41002a"], missing_source_days=7)
+    args = base_args(sshd.info, tmp_path, epns=["41001a", "41002a"])  # missing_source_days: 7 by default
     make_epn(tmp_path / "src" / "MX", "41002a", {"f.cbf": b"f"})
     for _run in range(2):
         result, _out = ansible.run(MODULE, args)

@@ -108,7 +108,7 @@ def test_a_later_visit_of_a_synced_epn_queues_it_again(ansible, sshd, portal, tm
     result, _out = ansible.run(RSYNC, args)
     assert result["synced"] == ["42001a"], result
     result, _out = ansible.run(RSYNC, args)
-    assert result["synced"] == [] and result["requeued"] == [], result
+    assert result["synced"] == [] and result.get("requeued", []) == [], result
 
     # The users came back for a second visit of the same EPN, which ended after the last sync.
     synced_at = query(args["state_db"], "SELECT last_synced_at FROM epns")[0]["last_synced_at"]
@@ -118,7 +118,7 @@ def test_a_later_visit_of_a_synced_epn_queues_it_again(ansible, sshd, portal, tm
                                     visit("42001a", when(hours=-5), ended.isoformat(timespec="seconds"))])
     make_epn(src, "42001a", {"second.cbf": b"2" * 20})
     result, _out = ansible.run(RSYNC, args)
-    assert not result.get("failed") and result["requeued"] == ["42001a"] and result["synced"] == ["42001a"], result
+    assert not result.get("failed") and result["synced"] == ["42001a"] and result.get("requeued") == ["42001a"], result
     assert set(tree(tmp_path / "dest" / "projP" / "42001a" / "data")) == {"first.cbf", "second.cbf"}
     result, _out = ansible.run(RSYNC, args)
     assert result["synced"] == [] and result["requeued"] == [], result
