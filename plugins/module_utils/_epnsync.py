@@ -874,9 +874,10 @@ class EpnRsyncRun(object):
                 entry["next_attempt_at"] = iso(now + later)
                 self._settle(job, STATE_RETRY, rc, next_attempt_at=now + later)
         elif status == STATUS_STOP:
+            # An operator or shutdown stopped rsync: nothing about the EPN, so no attempt counted.
             self.stop = True
             self.result["stopped"] = True
-            self._settle(job, None, rc)
+            self._settle(job, None, rc, refund_attempt=True)
         elif status in (STATUS_FAILED, STATUS_FATAL):
             self._settle(job, STATE_FAILED, rc)
         else:  # a retry in check mode: report it, nothing to record

@@ -223,8 +223,10 @@ options:
 requirements:
   - rsync on the target and on O(host) (3.4.0 or later recommended), and the OpenSSH client on the target.
 notes:
-  - The module fails when an EPN failed, when rsync was told to stop (exit code 20), or when SSH refused the host
-    key or the login; RV(epns) then still lists every EPN with its outcome.
+  - The module fails when an EPN failed, when rsync was told to stop (exit code 20), when the facility could not be
+    reached, or when SSH refused the host key or the login; RV(epns) then still lists every EPN with its outcome.
+  - What counts as an attempt, what is retried and what marks an EPN failed is described in the collection's
+    README (section EPN repatriation).
 seealso:
   - module: scidata.replication.epn_inventory
   - module: scidata.replication.epn_alert
@@ -314,7 +316,9 @@ epns:
     status:
       description:
         - V(success), V(warning) (synced, see C(warning)), V(retry) (left for a later run, see C(next_attempt_at)),
-          V(retrying), V(failed) (retries used up), V(fatal) (not retried) or V(stop).
+          V(retrying), V(failed) (retries used up), V(fatal) (not retried), V(stop), or V(interrupted) (the run
+          stopped on a problem that is not the EPN's: facility unreachable, SSH host key or login; the EPN's state
+          and attempt count are unchanged).
         - In check mode, the outcome of the dry run.
       type: str
     rc:
@@ -361,6 +365,10 @@ epns:
     next_attempt_at:
       description: When a later run may try again (ISO 8601), for status V(retry).
       type: str
+    stale_temp_files_removed:
+      description: How many temporary files of earlier, killed rsyncs were removed from the destination before
+        this run's rsync started.
+      type: int
   sample:
     - epn: 12345a
       project: proj001
@@ -431,6 +439,26 @@ imported:
   sample: []
 stopped:
   description: Whether rsync was told to stop (exit code 20) and the run stopped early.
+  returned: success
+  type: bool
+  sample: false
+interrupted:
+  description: EPNs whose rsync ended on a problem that is not theirs (facility unreachable, SSH host key or
+    login); the run stopped, and their state and attempt count in the database are unchanged.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+requeued:
+  description: With O(from_portal=true), synced EPNs queued again because a later visit ended after their last
+    sync.
+  returned: success
+  type: list
+  elements: str
+  sample: [12345a]
+all_waiting:
+  description: True when nothing was synced or failed and every EPN to do waits for a retry (the run log and a
+    warning say so too), so monitoring can tell a stuck queue from an idle one.
   returned: success
   type: bool
   sample: false
