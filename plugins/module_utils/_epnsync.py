@@ -9,7 +9,8 @@
 ``EpnStore`` is the one place that reads and writes the ``epns`` and ``rsync_attempts``
 tables for the three EPN modules. ``EpnRsyncRun`` is epn_rsync without AnsibleModule: it
 is given the options, the state database and a ``runner(argv) -> (rc, stdout, stderr)``
-(``AnsibleModule.run_command`` in the module), so it can be tested alone.
+(``RsyncProcesses`` in the module; its ``kill_all``, when the runner has one, is called if the
+run ends on an error), so it can be tested alone.
 
 Claims are leases on ``epns`` rows: one conditional UPDATE takes an EPN only when nobody
 holds it or the holder's lease has expired, so two runs on different hosts sharing a
@@ -115,7 +116,7 @@ class RsyncProcesses(object):
 
     Each child leads its own process group (rsync forks a receiver and ssh) and gets a
     parent-death signal, so a run killed with SIGKILL takes its rsyncs with it; ``kill_all``
-    stops the groups still running when the run ends any other way. Output is decoded with
+    stops the groups still running when the run ends on an error. Output is decoded with
     surrogate escapes, so names that are not UTF-8 keep their bytes.
     """
 

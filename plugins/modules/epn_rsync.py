@@ -514,20 +514,16 @@ def sync(module):
     if not found or not os.access(found, os.X_OK):
         raise ConfigError("cannot find the rsync program %s on the target" % rsync, option="rsync_path")
     params["rsync_path"] = found
-    processes = RsyncProcesses(RSYNC_ENVIRONMENT)
     run = EpnRsyncRun(
         params,
         module.state(),
-        processes,
+        RsyncProcesses(RSYNC_ENVIRONMENT),
         check_mode=module.check_mode,
         diff_mode=module.diff_mode,
         warn=module.warn,
         progress=module.log_event,
     )
-    try:
-        return run.run()
-    finally:
-        processes.kill_all()
+    return run.run()
 
 
 def main():
