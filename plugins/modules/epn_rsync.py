@@ -24,12 +24,12 @@ description:
     C({dest_root}/{project}/{epn}/data/), with the project folder from O(epn_cap_map). EPNs without a mapping are
     reported in RV(unmapped), never guessed.
   - rsync runs as an argument list (never through a shell), with the paths after C(--) and C(--protect-args), and
-    ssh runs self-contained: C(-F /dev/null) (no user or system ssh configuration), C(BatchMode=yes), only
+    ssh runs self-contained, with C(-F /dev/null) (no user or system ssh configuration), C(BatchMode=yes), only
     O(key_file) offered (C(IdentitiesOnly=yes)), strict host-key checking against O(known_hosts_file) alone
     (C(GlobalKnownHostsFile=/dev/null)), a connect timeout and keep-alives. The default options reproduce mxsync's
     intent; live runs and check mode use the same options.
-  - Modes of the copied data are group-shared and closed to others (C(--chmod=D2770,Fug+rwX,Fo-rwx)): folders
-    2770 (setgid, so new files keep the project group), files 660, or 770 when the source file is executable.
+  - Modes of the copied data are group-shared and closed to others (C(--chmod=D2770,Fug+rwX,Fo-rwx)), so folders
+    are 2770 (setgid, so new files keep the project group) and files 660, or 770 when the source file is executable.
     Folders above the data folder that the module creates get the default mode of the account (umask).
   - With a PostgreSQL O(state_db), several hosts may run this module at the same time against the same database;
     each EPN is claimed by exactly one run (a lease that the running module keeps renewing), and the EPNs of a run
@@ -149,8 +149,8 @@ options:
   extra_args:
     description:
       - More rsync options, each spelled in full and only from this list (anything else is refused, so no
-        option can replace the SSH command, turn off argument protection, change name encoding or delete files):
-        V(--checksum), V(--ignore-times), V(--numeric-ids), V(--omit-dir-times), V(--prune-empty-dirs),
+        option can replace the SSH command, turn off argument protection, change name encoding or delete files),
+        namely V(--checksum), V(--ignore-times), V(--numeric-ids), V(--omit-dir-times), V(--prune-empty-dirs),
         V(--sparse), V(--whole-file), V(--no-whole-file), V(--ipv4), V(--ipv6), and with C(=VALUE)
         V(--exclude), V(--include), V(--filter), V(--max-size), V(--min-size), V(--modify-window),
         V(--block-size), V(--compress-choice), V(--compress-level), V(--skip-compress), V(--checksum-choice),
@@ -170,8 +170,8 @@ options:
       - "The default: retry with backoff 5, 10, 12, 30, 35, 255; retry once then report 11, 14, 21, 22, 23;
         24 (files vanished) is success with a warning; fatal 1, 2, 3, 4, 13, 25; 20 stops the run. Other codes are
         fatal."
-      - rsync killed by a signal (the OOM killer, an operator's C(kill -9)) is retried like V(retry): a signal
-        says nothing about the EPN.
+      - rsync killed by a signal (the OOM killer, an operator's C(kill -9)) is retried like V(retry), since a
+        signal says nothing about the EPN.
       - An SSH host-key or authentication failure stops the run whatever the exit code, without counting against
         the EPN.
     type: dict
@@ -317,8 +317,8 @@ epns:
       description:
         - V(success), V(warning) (synced, see C(warning)), V(retry) (left for a later run, see C(next_attempt_at)),
           V(retrying), V(failed) (retries used up), V(fatal) (not retried), V(stop), or V(interrupted) (the run
-          stopped on a problem that is not the EPN's: facility unreachable, SSH host key or login; the EPN's state
-          and attempt count are unchanged).
+          stopped on a problem that is not the EPN's, such as an unreachable facility, the SSH host key or the login;
+          the EPN's state and attempt count are unchanged).
         - In check mode, the outcome of the dry run.
       type: str
     rc:
