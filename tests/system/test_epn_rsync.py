@@ -378,7 +378,7 @@ def test_killed_run_does_not_hold_its_claims_forever(ansible, sshd, postgres, tm
     url = postgres.create_database("q_killed_run")
     epns = ["50001a", "50002a"]
     fill_queue(url, tmp_path / "src" / "MX", epns, 2 * 1024 * 1024)
-    ttl = 6
+    ttl = 30  # the next run must start well within it, even on a loaded machine
     args = base_args(sshd.info, tmp_path, url, from_db=True, workers=2, bwlimit="300", claim_ttl=ttl)
     process, _result_file = ansible.playbook(MODULE, args, name="doomed")
     wait_for(lambda: count(url, "SELECT count(*) FROM epns WHERE claimed_by IS NOT NULL") == 2,
