@@ -214,7 +214,8 @@ portal_error:
   type: str
   sample: "cannot reach the facility portal at https://portal.example.org/api/v1/oauth/token: ... (after 4 attempts)"
 rejected:
-  description: Folder names refused by the EPN name rules, shown escaped when not valid UTF-8, with the reason.
+  description: Folder names refused by the EPN name rules (one that is not valid UTF-8 is shown with C(\xNN)
+    escapes), with the reason.
   returned: success
   type: list
   elements: dict

@@ -408,7 +408,8 @@ skipped_epns:
   elements: dict
   sample: [{epn: 12000a, reason: already synced at 2025-03-01T01:00:00+00:00}]
 rejected:
-  description: EPN names refused by the name rules, with the reason.
+  description: EPN names refused by the name rules (one that is not valid UTF-8 is shown with C(\xNN) escapes),
+    with the reason.
   returned: success
   type: list
   elements: dict

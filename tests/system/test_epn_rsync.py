@@ -261,7 +261,8 @@ def test_rsync_killed_mid_file_stops_then_resumes(ansible, sshd, tmp_path):
     assert result["epns"][0]["rc"] == 20
     partial = data / ".rsync-partial" / "big.h5"
     assert partial.exists() and 0 < partial.stat().st_size < size
-    assert query(state_db, "SELECT state, claimed_by FROM epns")[0] == {"state": "pending", "claimed_by": None}
+    assert query(state_db, "SELECT state, attempts, claimed_by FROM epns")[0] == {
+        "state": "pending", "attempts": 0, "claimed_by": None}  # a stop is not the EPN's attempt
 
     args.pop("bwlimit")
     result, _out = ansible.run(MODULE, args)
