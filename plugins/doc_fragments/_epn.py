@@ -134,6 +134,31 @@ options:
       - Seconds to wait for each portal request.
     type: int
     default: 30
+  portal_retries:
+    description:
+      - How many times a portal request that got a 5xx answer or no connection is tried again before the module
+        fails (or, for M(scidata.replication.epn_alert), sends the alert without visit details).
+    type: int
+    default: 3
+  portal_retry_delay:
+    description:
+      - Seconds before the first retry of a portal request; the wait doubles with each retry, up to 30 seconds.
+    type: int
+    default: 2
+  portal_allow_http:
+    description:
+      - Accept a plain C(http://) O(portal_url). The password grant then sends the portal passwords unencrypted,
+        so this is refused unless set, and warned about when set. Only for test servers.
+    type: bool
+    default: false
+  portal_timezone:
+    description:
+      - IANA time zone name (for example V(Australia/Melbourne)) in which portal times without a UTC offset are
+        read. Times with an offset are read as given.
+      - Set it to the facility's zone when its portal writes local times; read as UTC, a visit at a facility west
+        of UTC would end too early and could be synced while it still runs.
+    type: str
+    default: UTC
   visit_day_range:
     description:
       - How many days back to look for visits.

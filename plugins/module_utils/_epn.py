@@ -28,6 +28,7 @@ import socket
 import stat
 import string
 import threading
+import time
 from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -42,6 +43,14 @@ from ansible_collections.scidata.replication.plugins.module_utils._errors import
     PortalError,
     RsyncError,
 )
+from ansible_collections.scidata.replication.plugins.module_utils._rsync import backoff_seconds
+
+try:
+    import zoneinfo
+
+    HAS_ZONEINFO = True
+except ImportError:  # Python < 3.9
+    HAS_ZONEINFO = False
 
 try:
     import paramiko
@@ -53,6 +62,10 @@ except ImportError as exc:  # only epn_alert and epn_inventory need it
     PARAMIKO_IMPORT_ERROR = exc
 
 DEFAULT_TIMEOUT = 30
+DEFAULT_PORTAL_RETRIES = 3
+DEFAULT_PORTAL_RETRY_DELAY = 2
+PORTAL_RETRY_MAX_DELAY = 30
+DEFAULT_PORTAL_TIMEZONE = "UTC"
 HTTP_AGENT = "scidata.replication"
 DEFAULT_SRC_PREFIX = "/data"
 DEFAULT_VISIT_DAY_RANGE = 30
@@ -71,10 +84,20 @@ _SECRET_QUERY_KEYS = ("access_token", "token", "password", "client_password", "s
 _REDACTED = "********"
 
 
+def _is_utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes of bytes that are not UTF-8
+        return False
+    return True
+
+
 def _name_problem(name, pattern):
     """Return why ``name`` is not safe as one path component, or None when it is."""
     if not isinstance(name, str) or not name:
         return "is empty or not a string"
+    if not name.isascii() and not _is_utf8(name):
+        return "is not valid UTF-8"
     if name.startswith("-"):
         return "starts with '-'"
     if name == "." or ".." in name:
@@ -243,39 +266,45 @@ def _check_day_range(visit_day_range):
         raise ConfigError("visit_day_range must be a number of days, 0 or more", option="visit_day_range")
 
 
-def current_start(visits, now):
+def current_start(visits, now, portal_tz=None):
     """Return the earliest start of any visit running at ``now``, or ``now`` itself."""
     _check_now(now)
     earliest = now
     for visit in visits:
-        times = _visit_times(visit, now.tzinfo)
+        times = _visit_times(visit, portal_tz or now.tzinfo)
         if isinstance(times, tuple) and times[0] <= now < times[1]:
             earliest = min(earliest, times[0])
     return earliest
 
 
-def select_visits_to_sync(visits, now, visit_day_range):
+def select_visits_to_sync(visits, now, visit_day_range, portal_tz=None):
     """Choose the visits whose data is ready, by mxsync's rule, as a pure function.
 
     A visit is ready when it ended before the earliest start of any visit still
     running at ``now`` (``current_start``), and no more than ``visit_day_range`` days
     before it. Every visit of an EPN that still has a running visit is held back, so an
     experiment in progress is never synced. Times without an offset are read in
-    ``now``'s timezone.
+    ``portal_tz`` (default: ``now``'s timezone).
 
     Returns ``visits`` (one per EPN, its latest-ending ready visit, ordered by end
     time), ``skipped`` (``epn``, ``reason``: unreadable visits, EPNs with a visit still
     running, and visits that ended after ``current_start``) and ``current_start`` (ISO 8601).
     """
     _check_day_range(visit_day_range)
-    start = current_start(visits, now)
+    portal_tz = portal_tz or now.tzinfo
+    start = current_start(visits, now, portal_tz)
     window_start = start - datetime.timedelta(days=visit_day_range)
 
     readable = []
     skipped = []
     running_epns = set()
+    seen = set()
     for visit in visits:
-        times = _visit_times(visit, now.tzinfo)
+        key = json.dumps(visit, sort_keys=True, default=str)
+        if key in seen:  # the two portal windows overlap
+            continue
+        seen.add(key)
+        times = _visit_times(visit, portal_tz)
         if not isinstance(times, tuple):
             skipped.append({"epn": visit.get("epn") if isinstance(visit, dict) else None, "reason": times})
             continue
@@ -336,8 +365,23 @@ def _error_message(payload):
     return None
 
 
+def portal_timezone(name):
+    """The ``tzinfo`` of an IANA zone name (``Australia/Melbourne``), for portal times without an offset."""
+    if not HAS_ZONEINFO:
+        raise MissingLibraryError("zoneinfo", "backports.zoneinfo", reason="to read portal_timezone")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError("portal_timezone %r is not an IANA time zone name such as Australia/Melbourne" % (name,),
+                          option="portal_timezone") from None
+
+
 class PortalClient:
-    """Client for one portal equipment entry (its own API client and user credentials)."""
+    """Client for one portal equipment entry (its own API client and user credentials).
+
+    A 5xx answer or a failed connection is tried again ``retries`` times, waiting
+    ``retry_delay`` seconds and doubling (at most PORTAL_RETRY_MAX_DELAY) in between.
+    """
 
     def __init__(
         self,
@@ -350,8 +394,15 @@ class PortalClient:
         validate_certs=True,
         ca_path=None,
         timeout=DEFAULT_TIMEOUT,
+        retries=DEFAULT_PORTAL_RETRIES,
+        retry_delay=DEFAULT_PORTAL_RETRY_DELAY,
+        sleep=time.sleep,
     ):
         self.base_url = _check_base_url(base_url)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.sleep = sleep
+        self.attempts = 0  # of the last request
         self.equipment_id = str(equipment_id)
         self.client_name = client_name
         self.username = username
@@ -370,6 +421,23 @@ class PortalClient:
         return text
 
     def _send(self, url, method, data=None, basic_auth=False):
+        """``_send_once`` with retries of 5xx answers and failed connections."""
+        attempt = 1
+        while True:
+            self.attempts = attempt
+            try:
+                status, payload = self._send_once(url, method, data, basic_auth)
+            except PortalError as exc:
+                if attempt > self.retries:
+                    exc.msg += self._attempts_note()
+                    raise
+            else:
+                if status < 500 or attempt > self.retries:
+                    return status, payload
+            self.sleep(backoff_seconds(attempt, self.retry_delay, 2, PORTAL_RETRY_MAX_DELAY))
+            attempt += 1
+
+    def _send_once(self, url, method, data=None, basic_auth=False):
         """Return ``(status, decoded JSON or None)``; only transport failures raise."""
         headers = {"Accept": "application/json"}
         if data is not None:
@@ -410,8 +478,13 @@ class PortalClient:
             payload = None
         return status, payload
 
+    def _attempts_note(self):
+        return " (after %d attempts)" % self.attempts if self.attempts > 1 else ""
+
     def _failure(self, action, url, status, payload):
         message = _error_message(payload) or "HTTP %s" % status
+        if status >= 500:
+            message += self._attempts_note()
         return PortalError(
             self._scrub("facility portal %s failed for equipment %s: %s" % (action, self.equipment_id, message)),
             status=status,
@@ -458,14 +531,33 @@ class PortalClient:
         data = payload.get("data") if isinstance(payload, dict) else None
         visits = data.get("visits") if isinstance(data, dict) else None
         if not isinstance(visits, list) or not all(isinstance(visit, dict) for visit in visits):
-            raise self._failure("visits query", url, status, {"meta": {"error_message": "response has no visit list"}})
+            said = _error_message(payload)
+            message = 'the portal said "%s"' % said if said else "response has no visit list"
+            raise self._failure("visits query", url, status, {"meta": {"error_message": message}})
         return visits
 
 
-def portal_clients(base_url, equipment, validate_certs=True, ca_path=None, timeout=DEFAULT_TIMEOUT):
-    """Build one PortalClient per ``equipment`` entry (mxsync's config shape)."""
+def portal_clients(base_url, equipment, validate_certs=True, ca_path=None, timeout=DEFAULT_TIMEOUT,
+                   retries=DEFAULT_PORTAL_RETRIES, retry_delay=DEFAULT_PORTAL_RETRY_DELAY, allow_http=False,
+                   warn=None):
+    """Build one PortalClient per ``equipment`` entry (mxsync's config shape).
+
+    The password grant sends passwords: plain ``http://`` is refused unless ``allow_http``
+    (a test server), and then ``warn`` is told.
+    """
     if not isinstance(equipment, list) or not equipment:
         raise ConfigError("equipment must be a non-empty list", option="equipment")
+    if isinstance(base_url, str) and urlsplit(base_url).scheme == "http":
+        if not allow_http:
+            raise ConfigError("portal_url %s is plain http://, which would send the portal passwords unencrypted; use "
+                              "https://, or set portal_allow_http=true for a test server" % redact_url(base_url),
+                              option="portal_url")
+        if warn is not None:
+            warn("portal_url %s is plain http://: the portal passwords and tokens travel unencrypted"
+                 % redact_url(base_url))
+    for name, value in (("portal_retries", retries), ("portal_retry_delay", retry_delay)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError("%s must be 0 or more" % name, option=name)
     clients = []
     for index, entry in enumerate(equipment):
         missing = [key for key in EQUIPMENT_KEYS if not isinstance(entry, dict) or entry.get(key) in (None, "")]
@@ -481,6 +573,8 @@ def portal_clients(base_url, equipment, validate_certs=True, ca_path=None, timeo
             validate_certs=validate_certs,
             ca_path=ca_path,
             timeout=timeout,
+            retries=retries,
+            retry_delay=retry_delay,
         ))
     return clients
 
@@ -493,18 +587,20 @@ def fetch_visits(clients, start_time, end_time):
     return visits
 
 
-def fetch_visits_to_sync(clients, now, visit_day_range):
+def fetch_visits_to_sync(clients, now, visit_day_range, portal_tz=None):
     """Query the portal as mxsync does and apply ``select_visits_to_sync``.
 
     First the visits around ``now`` give ``current_start``; then the visits from
-    ``visit_day_range`` days before it up to it are fetched.
+    ``visit_day_range`` days before it up to ``now`` are fetched, so the visits that ended
+    after ``current_start`` are seen and reported as held back. Portal times without an
+    offset are read in ``portal_tz`` (default: ``now``'s zone).
     """
     _check_now(now)
     _check_day_range(visit_day_range)
     running = fetch_visits(clients, now, now + datetime.timedelta(hours=1))
-    start = current_start(running, now)
-    earlier = fetch_visits(clients, start - datetime.timedelta(days=visit_day_range), start)
-    return select_visits_to_sync(running + earlier, now, visit_day_range)
+    start = current_start(running, now, portal_tz)
+    earlier = fetch_visits(clients, start - datetime.timedelta(days=visit_day_range), now)
+    return select_visits_to_sync(running + earlier, now, visit_day_range, portal_tz)
 
 
 # -- argument specs the EPN modules share (documented in the scidata.replication._epn doc fragment) --
@@ -537,11 +633,15 @@ PORTAL_ARGUMENT_SPEC = dict(
     validate_certs=dict(type="bool", default=True),
     ca_path=dict(type="path"),
     portal_timeout=dict(type="int", default=DEFAULT_TIMEOUT),
+    portal_retries=dict(type="int", default=DEFAULT_PORTAL_RETRIES),
+    portal_retry_delay=dict(type="int", default=DEFAULT_PORTAL_RETRY_DELAY),
+    portal_allow_http=dict(type="bool", default=False),
+    portal_timezone=dict(type="str", default=DEFAULT_PORTAL_TIMEZONE),
     visit_day_range=dict(type="int", default=DEFAULT_VISIT_DAY_RANGE),
 )
 
 
-def portal_clients_from_params(params):
+def portal_clients_from_params(params, warn=None):
     """PortalClients from the PORTAL_ARGUMENT_SPEC options."""
     if not params.get("portal_url"):
         raise ConfigError("portal_url is needed to query the facility portal", option="portal_url")
@@ -551,6 +651,10 @@ def portal_clients_from_params(params):
         validate_certs=params["validate_certs"],
         ca_path=params.get("ca_path"),
         timeout=params["portal_timeout"],
+        retries=params["portal_retries"],
+        retry_delay=params["portal_retry_delay"],
+        allow_http=params["portal_allow_http"],
+        warn=warn,
     )
 
 
@@ -725,12 +829,46 @@ def _sftp_error(action, path, exc):
     return RsyncError("cannot %s %s over SFTP: %s" % (action, path, exc), path=path)
 
 
+def _raw_path(path):
+    """The bytes of a name carried as str with surrogate escapes."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def sftp_listdir(sftp, path):
+    """``SFTPClient.listdir_attr`` with every name kept exactly (str with surrogate escapes).
+
+    paramiko's own listing decodes names as strict UTF-8 and fails on the first that is
+    not; the SFTP protocol (version 3) carries names as plain bytes, so they are read as such.
+    """
+    # pylint: disable=protected-access
+    kind, msg = sftp._request(paramiko.sftp.CMD_OPENDIR, _raw_path(path))
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries = []
+    while True:
+        try:
+            kind, msg = sftp._request(paramiko.sftp.CMD_READDIR, handle)
+        except EOFError:  # the end of the listing
+            break
+        if kind != paramiko.sftp.CMD_NAME:
+            raise paramiko.SFTPError("Expected name response")
+        for _index in range(msg.get_int()):
+            name = msg.get_string().decode("utf-8", "surrogateescape")
+            longname = msg.get_string().decode("utf-8", "surrogateescape")
+            attr = paramiko.SFTPAttributes._from_msg(msg, name, longname)
+            if name not in (".", ".."):
+                entries.append(attr)
+    sftp._request(paramiko.sftp.CMD_CLOSE, handle)
+    return entries
+
+
 def list_epn_folders(sftp, directory, epn_pattern=DEFAULT_EPN_PATTERN):
     """Return ``(epns, rejected)``: sub-folders of ``directory`` that are safe EPN names, and
     ``{"epn", "reason"}`` for the others. Files and symbolic links are not EPNs."""
     pattern = _compile_pattern(epn_pattern)
     try:
-        entries = sftp.listdir_attr(directory)
+        entries = sftp_listdir(sftp, directory)
     except (OSError, EOFError, socket.timeout) as exc:
         raise _sftp_error("list", directory, exc) from None
     epns, rejected = [], []
@@ -753,7 +891,7 @@ def walk_epn_folder(sftp, path, keep=rsync_default_filter):
     and not descended into; symbolic links are not followed.
     """
     try:
-        top = sftp.stat(path)
+        top = sftp.stat(_raw_path(path))
     except (OSError, EOFError, socket.timeout) as exc:
         raise _sftp_error("read", path, exc) from None
     size = count = 0
@@ -763,7 +901,7 @@ def walk_epn_folder(sftp, path, keep=rsync_default_filter):
     while stack:
         directory = stack.pop()
         try:
-            entries = sftp.listdir_attr(directory)
+            entries = sftp_listdir(sftp, directory)
         except (OSError, socket.timeout) as exc:
             errors.append("%s: %s" % (directory, exc))
             continue

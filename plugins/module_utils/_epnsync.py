@@ -9,7 +9,8 @@
 ``EpnStore`` is the one place that reads and writes the ``epns`` and ``rsync_attempts``
 tables for the three EPN modules. ``EpnRsyncRun`` is epn_rsync without AnsibleModule: it
 is given the options, the state database and a ``runner(argv) -> (rc, stdout, stderr)``
-(``AnsibleModule.run_command`` in the module), so it can be tested alone.
+(``RsyncProcesses`` in the module; its ``kill_all``, when the runner has one, is called if the
+run ends on an error), so it can be tested alone.
 
 Claims are leases on ``epns`` rows: one conditional UPDATE takes an EPN only when nobody
 holds it or the holder's lease has expired, so two runs on different hosts sharing a
@@ -20,11 +21,15 @@ next run once ``claim_ttl`` has passed. A live run renews its leases while it wo
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import datetime
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import threading
 import time
 import uuid
 
@@ -33,6 +38,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._epn import (
     parse_portal_time,
     plan_epn_transfers,
     portal_clients_from_params,
+    portal_timezone,
     read_ignore_file,
     validate_epn,
 )
@@ -72,6 +78,127 @@ STDERR_TAIL_LINES = 20
 _HOST_KEY_CHANGED_RE = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed")
 _HOST_KEY_FAILED_RE = re.compile(r"Host key verification failed|No \S+ host key is known for")
 _AUTH_FAILED_RE = re.compile(r"Permission denied \((publickey|password|keyboard-interactive)")
+# ssh could not reach the facility at all: nothing to do with the EPN being synced.
+_UNREACHABLE_RE = re.compile(
+    r"ssh: connect to host .*?: (Connection refused|Connection timed out|Operation timed out|No route to host|"
+    r"Network is unreachable)|ssh: Could not resolve hostname .*|kex_exchange_identification: .*|"
+    r"Connection timed out during banner exchange"
+)
+# rsync's temporary file for NAME is .NAME.XXXXXX beside it; one left behind by a killed rsync
+# is never reused or removed by rsync itself.
+_RSYNC_TEMP_RE = re.compile(r"\..+\.[A-Za-z0-9]{6}")
+STATUS_INTERRUPTED = "interrupted"
+DEFAULT_MISSING_SOURCE_DAYS = 7
+# rsync (rc 23) when the EPN's folder itself is not on the facility (yet).
+_SOURCE_MISSING_RE = re.compile(r'(?:change_dir|link_stat) "(?P<path>[^"\n]*)" failed: No such file or directory')
+
+
+EARLIER_RSYNC_STOP_SECONDS = 10
+_PR_SET_PDEATHSIG = 1
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the process groups are still killed on exit
+    _PRCTL = None
+
+
+def _die_with_parent():
+    """In the child before exec: the kernel signals it when the run that started it dies.
+
+    SIGTERM, not SIGKILL: rsync then stops the receiver it forked (which SIGKILL would leave
+    running, adopted by init) and keeps the partial file for the next run to resume.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+class RsyncProcesses(object):
+    """``runner(argv) -> (rc, stdout, stderr)`` whose children live only as long as the run.
+
+    Each child leads its own process group (rsync forks a receiver and ssh) and gets a
+    parent-death signal, so a run killed with SIGKILL takes its rsyncs with it; ``kill_all``
+    stops the groups still running when the run ends on an error. Output is decoded with
+    surrogate escapes, so names that are not UTF-8 keep their bytes.
+    """
+
+    def __init__(self, environ_update):
+        self.environ = dict(os.environ, **environ_update)
+        self.groups = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, argv):
+        process = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environ,
+            close_fds=True, start_new_session=True, preexec_fn=_die_with_parent)
+        with self.lock:
+            self.groups.add(process.pid)
+        try:
+            out, err = process.communicate()
+        finally:
+            self._kill_group(process.pid, signal.SIGKILL)  # whatever rsync left behind in its group, too
+            process.wait()
+            with self.lock:
+                self.groups.discard(process.pid)
+        return process.returncode, out.decode("utf-8", "surrogateescape"), err.decode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def _kill_group(pgid, sig):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill_all(self):
+        """Stop every rsync still running (SIGTERM: rsync keeps its partial file); each is then reaped."""
+        with self.lock:
+            groups = list(self.groups)
+        for pgid in groups:
+            self._kill_group(pgid, signal.SIGTERM)
+
+
+def rsyncs_writing_to(destination):
+    """PIDs of this user's rsync processes whose destination argument is ``destination``."""
+    if not os.path.isdir("/proc"):
+        return []
+    target = os.fsencode(destination)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat("/proc/" + entry).st_uid != os.getuid():
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                argv = handle.read().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if len(argv) > 2 and b"rsync" in os.path.basename(argv[0]) and argv[-1] == target:
+            found.append(int(entry))
+    return found
+
+
+def stop_earlier_rsyncs(destination, timeout=EARLIER_RSYNC_STOP_SECONDS):
+    """Kill every rsync still writing into ``destination`` (left by a run that died); returns their PIDs.
+
+    Called while this run holds the EPN's claim, so no live run of this EPN owns them.
+    """
+    pids = rsyncs_writing_to(destination)
+    for pid in pids:
+        try:
+            # A group this collection started holds the rsync and its ssh; end it whole.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and rsyncs_writing_to(destination):
+        if time.monotonic() >= deadline:
+            raise RsyncError("an earlier rsync (pid %s) still writes into %s and could not be stopped; nothing "
+                             "was started there" % (", ".join(str(p) for p in rsyncs_writing_to(destination)),
+                                                     destination), path=destination)
+        time.sleep(0.1)
+    return pids
 
 
 def run_owner():
@@ -167,6 +294,16 @@ class EpnStore(object):
             sql += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             params.append(now)
         return self.db.execute(sql, params) == 1
+
+    def requeue(self, epn, now):
+        """A synced EPN is pending again, with a fresh attempt count (a later visit brought new data)."""
+        return self.db.execute("UPDATE epns SET state = ?, attempts = 0, next_attempt_at = NULL, updated_at = ? "
+                               "WHERE epn = ? AND state = ?", (STATE_PENDING, now, epn, STATE_SYNCED))
+
+    def refund_attempt(self, epn, owner):
+        """Take back the attempt counted at the start, keeping the lease (a run-level failure)."""
+        return self.db.execute("UPDATE epns SET attempts = attempts - 1 WHERE epn = ? AND claimed_by = ? "
+                               "AND attempts > 0", (epn, owner))
 
     def renew(self, owner, ttl, now):
         return self.db.execute("UPDATE epns SET claim_expires_at = ? WHERE claimed_by = ?", (now + ttl, owner))
@@ -283,6 +420,39 @@ class EpnStore(object):
                 )
 
 
+def unreachable(stderr):
+    """The line of ssh's stderr that says the facility could not be reached, or None."""
+    match = _UNREACHABLE_RE.search(stderr or "")
+    return match.group(0).strip() if match else None
+
+
+def remove_stale_temp_files(root):
+    """Remove the temporary files killed rsyncs left under ``root``; returns their paths.
+
+    Call only when no rsync writes into ``root``. The default filter excludes dotfiles
+    other than ``.info`` from the source, so a ``.NAME.XXXXXX`` here is always rsync's.
+    """
+    removed = []
+    for directory, _dirs, files in os.walk(os.fsencode(root)):
+        for name in files:
+            text = os.fsdecode(name)
+            if _RSYNC_TEMP_RE.fullmatch(text):
+                path = os.path.join(directory, name)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(os.fsdecode(path))
+    return removed
+
+
+def source_missing(stderr, source_path):
+    """Whether rsync's stderr says the EPN folder ``source_path`` itself does not exist."""
+    wanted = source_path.rstrip("/")
+    return any(match.group("path").rstrip("/") in (wanted, wanted + "/.")
+               for match in _SOURCE_MISSING_RE.finditer(stderr or ""))
+
+
 def ssh_problem(stderr, host, port, user, known_hosts_file):
     """A run-wide SSH failure in rsync's stderr (host key, authentication), or None.
 
@@ -302,11 +472,6 @@ def ssh_problem(stderr, host, port, user, known_hosts_file):
     return None
 
 
-def policy_rc(rc):
-    """run_command gives -N for a process killed by signal N; the policy sees 128+N, like a shell."""
-    return 128 - rc if rc is not None and rc < 0 else rc
-
-
 class EpnRsyncRun(object):
     """One run of epn_rsync. ``run()`` returns the result dict or raises RsyncError with it."""
 
@@ -324,7 +489,7 @@ class EpnRsyncRun(object):
         self.entries = {}
         # Not "failed" or "skipped": Ansible reads those keys as the task's own status.
         self.result = dict(changed=False, epns=[], synced=[], failed_epns=[], retrying=[], skipped_epns=[], rejected=[],
-                           unmapped=[], held_back=[], imported=[], stopped=False)
+                           unmapped=[], held_back=[], imported=[], interrupted=[], requeued=[], stopped=False)
         self.run_error = None
         self.stop = False
 
@@ -337,7 +502,7 @@ class EpnRsyncRun(object):
             raise ConfigError("choose the EPNs with exactly one of epns, from_portal=true or from_db=true (got %s)"
                               % (", ".join(chosen) or "none"), option="epns")
         for name, minimum in (("workers", 1), ("max_attempts", 1), ("run_retries", 0), ("retry_delay", 0),
-                              ("retry_max_delay", 0), ("limit", 1)):
+                              ("retry_max_delay", 0), ("limit", 1), ("missing_source_days", 0)):
             if p.get(name) is not None and p[name] < minimum:
                 raise ConfigError("%s must be at least %d" % (name, minimum), option=name)
         if p["claim_ttl"] < MINIMUM_CLAIM_TTL:
@@ -431,14 +596,15 @@ class EpnRsyncRun(object):
                 jobs.extend(self._plan([row["epn"]], row.get("beamline") or p.get("beamline")))
             return jobs
         if p["from_portal"]:
-            clients = portal_clients_from_params(p)
+            clients = portal_clients_from_params(p, warn=self.warn)
+            portal_tz = portal_timezone(p["portal_timezone"])
             selection = fetch_visits_to_sync(clients, datetime.datetime.now(datetime.timezone.utc),
-                                             p["visit_day_range"])
+                                             p["visit_day_range"], portal_tz)
             self.result["held_back"] = selection["skipped"]
             self.result["current_start"] = selection["current_start"]
             meta = {}
             for visit in selection["visits"]:
-                meta[visit["epn"]] = _visit_meta(visit)
+                meta[visit["epn"]] = _visit_meta(visit, portal_tz)
             return self._plan([visit["epn"] for visit in selection["visits"]], p.get("beamline"), meta)
         return self._plan(p["epns"], p.get("beamline"))
 
@@ -452,6 +618,11 @@ class EpnRsyncRun(object):
             reason = None
             if job["epn"] in imported and not p["force"]:
                 reason = "already synced (imported from import_ignore_file)"
+            elif self._later_visit(job, row):
+                # Users come back: a visit that ended after the last sync brings new data.
+                if not self.check_mode:
+                    self.store.requeue(job["epn"], now)
+                self.result["requeued"].append(job["epn"])
             elif row is not None:
                 reason = self._skip_reason(row, now)
             if reason:
@@ -461,6 +632,12 @@ class EpnRsyncRun(object):
         if p["from_db"]:
             eligible = eligible[:p["limit"]] if self.check_mode else eligible
         return eligible
+
+    @staticmethod
+    def _later_visit(job, row):
+        """Whether ``job`` (from the portal) is a visit of a synced EPN that ended after its last sync."""
+        return (row is not None and row["state"] == STATE_SYNCED and job.get("visit_end") is not None
+                and row.get("last_synced_at") is not None and job["visit_end"] > row["last_synced_at"])
 
     def _skip_reason(self, row, now):
         p = self.params
@@ -510,44 +687,54 @@ class EpnRsyncRun(object):
         running = {}
         claimed = 0
         last_renewal = self.clock()
-        # Threads, not processes: each only waits in AnsibleModule.run_command for its rsync. In
-        # ansible-core run_command builds its own environment copy and selector per call, changes
-        # no process-wide state (no chdir, no os.environ edits) and reads stdout and stderr
-        # together, so a chatty stderr cannot block rsync. Every database call stays on this
-        # thread (SQLite connections belong to the thread that made them).
+        # Threads, not processes: each only waits for its rsync (RsyncProcesses reads stdout and
+        # stderr together, so a chatty stderr cannot block rsync). Every database call stays on
+        # this thread (SQLite connections belong to the thread that made them).
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            while True:
-                while len(running) < workers and not self.stop:
-                    job = self._next_job(queue, delayed, limit is not None and claimed >= limit)
-                    if job is None:
-                        break
-                    if job.get("claimed_now"):
-                        claimed += 1
-                        job["claimed_now"] = False
-                    if not self._start(job):
-                        continue
-                    running[pool.submit(self._execute, job)] = job
-                if not running:
-                    if self.stop or not delayed:
-                        break
-                    wait = min(j["ready_at"] for j in delayed) - self.clock()
-                    if wait > 0:
-                        time.sleep(min(wait, heartbeat))
-                else:
-                    timeout = heartbeat
-                    if delayed:
-                        timeout = max(0.05, min(timeout, min(j["ready_at"] for j in delayed) - self.clock()))
-                    done, _pending = concurrent.futures.wait(
-                        list(running), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        job = running.pop(future)
-                        self._handle(job, future.result(), delayed)
-                if not self.check_mode and self.clock() - last_renewal >= heartbeat:
-                    self.store.renew(self.owner, self.params["claim_ttl"], self.clock())
-                    last_renewal = self.clock()
+            try:
+                while True:
+                    while len(running) < workers and not self.stop:
+                        job = self._next_job(queue, delayed, limit is not None and claimed >= limit)
+                        if job is None:
+                            break
+                        if job.get("claimed_now"):
+                            claimed += 1
+                            job["claimed_now"] = False
+                        if not self._start(job):
+                            continue
+                        running[pool.submit(self._execute, job)] = job
+                    if not running:
+                        if self.stop or not delayed:
+                            break
+                        wait = min(j["ready_at"] for j in delayed) - self.clock()
+                        if wait > 0:
+                            time.sleep(min(wait, heartbeat))
+                    else:
+                        timeout = heartbeat
+                        if delayed:
+                            timeout = max(0.05, min(timeout, min(j["ready_at"] for j in delayed) - self.clock()))
+                        done, _pending = concurrent.futures.wait(
+                            list(running), timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+                        for future in done:
+                            job = running.pop(future)
+                            self._handle(job, future.result(), delayed)
+                    if not self.check_mode and self.clock() - last_renewal >= heartbeat:
+                        self.store.renew(self.owner, self.params["claim_ttl"], self.clock())
+                        last_renewal = self.clock()
+            except BaseException:
+                # Leaving the pool waits for its threads: end their rsyncs first, not after.
+                stop_processes = getattr(self.runner, "kill_all", None)
+                if stop_processes is not None:
+                    stop_processes()
+                raise
             for job in delayed:
                 # The run stopped while these waited for a retry: leave them for the next run.
-                self._settle(job, STATE_RETRY, job.get("last_rc"), next_attempt_at=job["ready_at"])
+                if job.get("unreachable"):
+                    # Their last attempt was refunded: they stay as they were.
+                    self._entry(job)["status"] = STATUS_INTERRUPTED
+                    self._settle(job, None, job.get("last_rc"))
+                else:
+                    self._settle(job, STATE_RETRY, job.get("last_rc"), next_attempt_at=job["ready_at"])
 
     def _next_job(self, queue, delayed, limit_reached):
         now = self.clock()
@@ -581,6 +768,14 @@ class EpnRsyncRun(object):
                 self.store.settle(job["epn"], self.owner, now, state=STATE_FAILED)
                 return False
             job["attempt_id"], job["attempts"] = self.store.start_attempt(job["epn"], self.owner, now)
+            stopped = stop_earlier_rsyncs(job["dest_path"])
+            if stopped:
+                self.warn("stopped an earlier rsync (pid %s) still writing into %s" % (
+                    ", ".join(str(pid) for pid in stopped), job["dest_path"]))
+            removed = remove_stale_temp_files(job["dest_path"])
+            if removed:
+                entry = self._entry(job)
+                entry["stale_temp_files_removed"] = entry.get("stale_temp_files_removed", 0) + len(removed)
         else:
             job["attempts"] = job["run_attempts"]
         job["started_at"] = now
@@ -629,19 +824,37 @@ class EpnRsyncRun(object):
         problem = None
         if rc is None:
             problem = err
-        elif rc != 0:
+        elif rc > 0:
             p = self.params
             problem = ssh_problem(err, p["host"], p["port"], p["user"], p.get("known_hosts_file"))
+            down = None if problem else unreachable(err)
+            job["unreachable"] = bool(down)
+            if down:
+                problem = "facility unreachable: %s" % down
+                if job["run_attempts"] <= self.params["run_retries"] and not self.stop and not self.check_mode:
+                    # Try again in this run; the attempt is not the EPN's.
+                    self.store.refund_attempt(job["epn"], self.owner)
+                    job["attempts"] -= 1
+                    job["ready_at"] = now + backoff_seconds(job["run_attempts"], self.params["retry_delay"], 2,
+                                                            self.params["retry_max_delay"])
+                    delayed.append(job)
+                    entry.update(status="retrying", meaning=problem, stderr_tail=err_tail)
+                    self._progress_done(job, entry)
+                    return
         if problem:
-            # Not this EPN's fault: it stays as it was, and the run stops.
-            entry.update(status=STATUS_FATAL, meaning=problem, stderr_tail=err_tail)
+            # Not this EPN's fault: its state and attempt count stay as they were, and the run stops.
+            entry.update(status=STATUS_INTERRUPTED, meaning=problem, stderr_tail=err_tail)
             self.run_error = self.run_error or problem
             self.stop = True
             self._settle(job, None, rc, refund_attempt=True)
             self._progress_done(job, entry)
             return
 
-        decision = resolve_exit_code(policy_rc(rc), job["attempts"], self.policy, self.params["max_attempts"])
+        if rc == 23 and source_missing(err, job["source_path"]):
+            self._source_missing(job, entry, now, err_tail)
+            return
+
+        decision = resolve_exit_code(rc, job["attempts"], self.policy, self.params["max_attempts"])
         status = decision["status"]
         entry.update(status=status, meaning=decision["meaning"])
         if status not in (STATUS_SUCCESS,):
@@ -662,13 +875,36 @@ class EpnRsyncRun(object):
                 entry["next_attempt_at"] = iso(now + later)
                 self._settle(job, STATE_RETRY, rc, next_attempt_at=now + later)
         elif status == STATUS_STOP:
+            # An operator or shutdown stopped rsync: nothing about the EPN, so no attempt counted.
             self.stop = True
             self.result["stopped"] = True
-            self._settle(job, None, rc)
+            self._settle(job, None, rc, refund_attempt=True)
         elif status in (STATUS_FAILED, STATUS_FATAL):
             self._settle(job, STATE_FAILED, rc)
         else:  # a retry in check mode: report it, nothing to record
             self._settle(job, None, rc)
+        self._progress_done(job, entry)
+
+    def _source_missing(self, job, entry, now, err_tail):
+        """The EPN's folder is not on the facility yet: retry on later runs, up to missing_source_days.
+
+        The portal may list a visit before the facility creates its folder; such a run is not
+        counted as an attempt. The days count from when the EPN was first queued.
+        """
+        days = self.params["missing_source_days"]
+        row = None if self.check_mode else self.store.rows([job["epn"]]).get(job["epn"])
+        first_seen = row["created_at"] if row and row.get("created_at") else now
+        entry["stderr_tail"] = err_tail
+        if now - first_seen >= days * 86400:
+            entry.update(status=STATUS_FAILED, meaning="source folder %s still missing %s day(s) after the EPN was "
+                         "first queued (missing_source_days)" % (job["source_path"], days))
+            self._settle(job, STATE_FAILED, job["last_rc"])
+        else:
+            entry.update(status=STATUS_RETRY, meaning="source folder %s does not exist yet; later runs look again "
+                         "until %s" % (job["source_path"], iso(first_seen + days * 86400)))
+            if not self.check_mode:
+                self.store.refund_attempt(job["epn"], self.owner)
+            self._settle(job, STATE_RETRY, job["last_rc"], next_attempt_at=now)
         self._progress_done(job, entry)
 
     def _progress_done(self, job, entry):
@@ -697,6 +933,8 @@ class EpnRsyncRun(object):
                 result["failed_epns"].append(entry["epn"])
             elif status in (STATUS_RETRY, "retrying"):
                 result["retrying"].append(entry["epn"])
+            elif status == STATUS_INTERRUPTED:
+                result["interrupted"].append(entry["epn"])
             if entry.get("warning"):
                 self.warn("EPN %s: %s" % (entry["epn"], entry["warning"]))
         if self.check_mode:
@@ -722,17 +960,24 @@ class EpnRsyncRun(object):
         counts = "%d synced, %d failed, %d to retry, %d skipped, %d rejected, %d unmapped" % (
             len(result["synced"]), len(result["failed_epns"]), len(result["retrying"]), len(result["skipped_epns"]),
             len(result["rejected"]), len(result["unmapped"]))
+        if result["interrupted"]:
+            counts += ", %d interrupted (state unchanged)" % len(result["interrupted"])
+        waiting = set(result["retrying"]) | set(s["epn"] for s in result["skipped_epns"] if "(backoff)" in s["reason"])
+        result["all_waiting"] = bool(waiting) and not (result["synced"] or result["failed_epns"] or problems)
+        if result["all_waiting"]:
+            counts = "nothing synced: every EPN to do waits for a retry (%s); " % ", ".join(sorted(waiting)) + counts
+            self.warn("every EPN to do waits for a retry: %s" % ", ".join(sorted(waiting)))
         if problems:
             raise RsyncError("; ".join(problems) + " (%s)" % counts, **result)
         result["msg"] = ("check mode: " if self.check_mode else "") + counts
         return result
 
 
-def _visit_meta(visit):
+def _visit_meta(visit, portal_tz):
     meta = {}
     for key, column in (("start_time", "visit_start"), ("end_time", "visit_end")):
         try:
-            meta[column] = parse_portal_time(visit.get(key), datetime.timezone.utc).timestamp()
+            meta[column] = parse_portal_time(visit.get(key), portal_tz).timestamp()
         except ValueError:
             meta[column] = None
     if isinstance(visit.get("principal_scientist"), dict):

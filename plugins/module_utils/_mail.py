@@ -49,24 +49,29 @@ _REDACTED = "********"
 # Context: with_details (epn, start_time, end_time, equipment_id, principal_scientist and
 # data_scientists as {first_names, last_name, email}), without_details (EPN names),
 # without_details_rows (the same in rows of 8), unknown_count, host, directory,
-# visit_day_range, generated_at.
+# visit_day_range, generated_at, portal_error (why visit details are missing, or None). With trim_blocks, a tag that ends a line of text is
+# written ``+%}`` so the line break after it stays (``{%+`` keeps the indent before one).
 DEFAULT_TEXT_TEMPLATE = """\
 {%- macro person(p) -%}
 {{ p.first_names }} {{ p.last_name }}{% if p.email %} <{{ p.email }}>{% endif %}
 {%- endmacro -%}
 {{ unknown_count }} EPN folder(s) on {{ host }}:{{ directory }} have no project in epn_cap_map,
 so they are not replicated.
+{% if portal_error is defined and portal_error %}
+
+Visit details are missing: the facility portal could not be read ({{ portal_error }}).
+{% endif %}
 {% if with_details %}
 
 EPNs with visit details from the facility portal
 ================================================
 {% for e in with_details %}
 
-EPN {{ e.epn }}{% if e.equipment_id %} (equipment {{ e.equipment_id }}){% endif %}
+EPN {{ e.epn }}{% if e.equipment_id %} (equipment {{ e.equipment_id }}){% endif +%}
   Visit:               {{ e.start_time }} to {{ e.end_time }}
-  Principal scientist: {% if e.principal_scientist %}{{ person(e.principal_scientist) }}{% else %}unknown{% endif %}
-  Data scientists:     {% for p in e.data_scientists %}{% if not loop.first %}
-                       {% endif %}{{ person(p) }}{% else %}none listed{% endfor %}
+  Principal scientist: {% if e.principal_scientist %}{{ person(e.principal_scientist) }}{% else %}unknown{% endif +%}
+  Data scientists:     {% for p in e.data_scientists %}{% if not loop.first +%}
+                       {%+ endif %}{{ person(p) }}{% else %}none listed{% endfor +%}
 {% endfor %}
 {% endif %}
 {% if without_details %}
@@ -94,6 +99,9 @@ DEFAULT_HTML_TEMPLATE = """\
 <body>
 <p>{{ unknown_count }} EPN folder(s) on <code>{{ host }}:{{ directory }}</code> have no project in
 <code>epn_cap_map</code>, so they are not replicated.</p>
+{% if portal_error is defined and portal_error %}
+<p><strong>Visit details are missing:</strong> the facility portal could not be read ({{ portal_error }}).</p>
+{% endif %}
 {% if with_details %}
 <h2>EPNs with visit details from the facility portal</h2>
 <table border="1" cellpadding="4" cellspacing="0">

@@ -28,6 +28,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._errors import
     ReplicationError,
 )
 from ansible_collections.scidata.replication.plugins.module_utils._globus import AUTH_MODES, transfer_client
+from ansible_collections.scidata.replication.plugins.module_utils._names import shown_data
 from ansible_collections.scidata.replication.plugins.module_utils._state import open_state
 
 DEFAULT_STATE_DB = "~/.local/state/scidata-replication/state.db"
@@ -131,7 +132,7 @@ class ReplicationModule(object):
         return transfer_client(self.params)
 
     def warn(self, message):
-        self.ansible.warn(message)
+        self.ansible.warn(shown_data(message))
 
     def run(self, work, job=None, lock=True):
         """Run ``work(self)`` under the job's run lock and exit with its result."""
@@ -159,16 +160,22 @@ class ReplicationModule(object):
             self._fail(dict(exc.details, msg=exc.msg), exception=traceback.format_exc())
         except OSError as exc:
             self._fail(dict(msg="%s: %s" % (exc.__class__.__name__, exc)), exception=traceback.format_exc())
+        except Exception as exc:  # pylint: disable=broad-except
+            # A defect or an unforeseen library error: still one clear failure and a run-log line.
+            self._fail(dict(msg="%s stopped on an unexpected error: %s: %s" % (self.name, exc.__class__.__name__, exc)),
+                       exception=traceback.format_exc())
         finally:
             self._close()
+        result = shown_data(result)
         self._log(result)
         self.ansible.exit_json(**result)
 
     def _fail(self, result, exception):
+        result = shown_data(result)
         self._log(dict(result, failed=True))
         if exception is not None and not isinstance(exception, str):
             exception = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
-        self.ansible.fail_json(exception=exception, **result)
+        self.ansible.fail_json(exception=shown_data(exception), **result)
 
     def _close(self):
         if self._state is not None:
@@ -177,10 +184,14 @@ class ReplicationModule(object):
 
     def _log(self, result):
         """Append one JSON line per run to ``log_file``, with every no_log value masked."""
+        self.log_event(dict((k, v) for k, v in result.items() if k != "diff"))
+
+    def log_event(self, event):
+        """Append ``event`` as one JSON line to ``log_file``: no_log values masked, names shown escaped."""
         path = self.params.get("log_file")  # absent when the module has no state options
         if not path:
             return
-        entry = dict(remove_values(dict((k, v) for k, v in result.items() if k != "diff"), self.ansible.no_log_values))
+        entry = dict(remove_values(shown_data(event), self.ansible.no_log_values))
         entry.update(
             time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             module=self.name,

@@ -15,6 +15,7 @@ argv to ``AnsibleModule.run_command`` with ``RSYNC_ENVIRONMENT`` and feed its ou
 from __future__ import annotations
 
 import re
+import signal
 
 from ansible_collections.scidata.replication.plugins.module_utils._errors import (
     ConfigError,
@@ -35,11 +36,14 @@ CHANGE_OUT_FORMAT = CHANGE_MARKER + "%i %n"
 # comparison, statistics, ``.info`` kept and other dotfiles skipped (build_rsync_argv adds
 # --partial-dir). Options are spelled out so live and check-mode runs are identical
 # (mxsync's ``-stats`` typo silently turned on archive mode for live runs only).
+# Modes: the project group reads and writes everything, folders are setgid so new files
+# keep the group, and others get nothing (folders 2770, files 660, or 770 when executable).
+DATA_CHMOD = "D2770,Fug+rwX,Fo-rwx"
 DEFAULT_OPTIONS = (
     "--recursive",
     "--times",
     "--perms",
-    "--chmod=Dg+s,ug+w,o-wx,ug+X",
+    "--chmod=" + DATA_CHMOD,
     "--size-only",
     "--stats",
     "--out-format=" + CHANGE_OUT_FORMAT,
@@ -52,8 +56,34 @@ CHECK_MODE_OPTIONS = ("--dry-run", "--itemize-changes")
 # RSYNC_OLD_ARGS=0 stops a user's environment from turning argument protection off.
 RSYNC_ENVIRONMENT = {"LC_ALL": "C", "RSYNC_OLD_ARGS": "0"}
 
-# Extra arguments that would undo the safety of the built command line.
-FORBIDDEN_EXTRA_ARGS = ("--rsh", "--old-args", "--no-protect-args", "--no-secluded-args")
+# The only extra arguments accepted, by their full long name (rsync also takes any
+# unambiguous prefix, such as --no-s for --no-secluded-args, so names are matched exactly):
+# True when the option takes ``=value``. Nothing here changes the remote shell, argument
+# protection, name encoding, the output the results are parsed from, or deletes anything.
+SAFE_EXTRA_ARGS = {
+    "--checksum": False,
+    "--ignore-times": False,
+    "--numeric-ids": False,
+    "--omit-dir-times": False,
+    "--prune-empty-dirs": False,
+    "--sparse": False,
+    "--whole-file": False,
+    "--no-whole-file": False,
+    "--ipv4": False,
+    "--ipv6": False,
+    "--exclude": True,
+    "--include": True,
+    "--filter": True,
+    "--max-size": True,
+    "--min-size": True,
+    "--modify-window": True,
+    "--block-size": True,
+    "--compress-choice": True,
+    "--compress-level": True,
+    "--skip-compress": True,
+    "--checksum-choice": True,
+    "--rsync-path": True,
+}
 
 MINIMUM_SAFE_VERSION = (3, 4, 0)
 
@@ -179,18 +209,26 @@ def build_ssh_command(
     server_alive_count_max=DEFAULT_SERVER_ALIVE_COUNT_MAX,
     ssh_path="ssh",
 ):
-    """Return the ``-e`` value: a non-interactive ssh that checks host keys strictly."""
+    """Return the ``-e`` value: a non-interactive, self-contained ssh that checks host keys strictly.
+
+    Only ``key_file`` is offered (IdentitiesOnly), and with ``known_hosts_file`` only that
+    file's keys are trusted (the system-wide known_hosts is not read).
+    """
     _positive_int("port", port, 1, 65535)
-    words = [_ssh_word("ssh_path", ssh_path), "-p", str(port)]
+    # -F /dev/null: no ~/.ssh/config or /etc/ssh/ssh_config; everything ssh does is on this line.
+    words = [_ssh_word("ssh_path", ssh_path), "-F", "/dev/null", "-p", str(port)]
     if key_file is not None:
         if not str(key_file).startswith("/"):
             raise ConfigError("key_file must be an absolute path", option="key_file")
         words += ["-i", _ssh_word("key_file", key_file)]
+    if key_file is not None:
+        words += ["-o", "IdentitiesOnly=yes"]
     words += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
     if known_hosts_file is not None:
         if not str(known_hosts_file).startswith("/"):
             raise ConfigError("known_hosts_file must be an absolute path", option="known_hosts_file")
-        words += ["-o", "UserKnownHostsFile=" + _ssh_word("known_hosts_file", known_hosts_file)]
+        words += ["-o", "UserKnownHostsFile=" + _ssh_word("known_hosts_file", known_hosts_file),
+                  "-o", "GlobalKnownHostsFile=/dev/null"]
     words += [
         "-o", "ConnectTimeout=%d" % _positive_int("connect_timeout", connect_timeout),
         "-o", "ServerAliveInterval=%d" % _positive_int("server_alive_interval", server_alive_interval),
@@ -219,16 +257,20 @@ def remote_source(user, host, path):
 
 
 def _check_extra_args(extra_args):
+    """Accept only SAFE_EXTRA_ARGS, spelled in full, with ``=value`` exactly when they take one."""
     checked = []
     for arg in extra_args or ():
-        if not isinstance(arg, str) or not arg.startswith("--") or len(arg) < 3:
+        if not isinstance(arg, str):
+            raise ConfigError("extra rsync arguments must be strings, got %r" % (arg,), option="extra_args")
+        name, has_value, value = arg.partition("=")
+        if name not in SAFE_EXTRA_ARGS:
             raise ConfigError(
-                "extra rsync arguments must be long options such as --checksum, got %r" % (arg,),
+                "extra rsync argument %r is not one of the allowed options (%s)" % (arg, ", ".join(sorted(SAFE_EXTRA_ARGS))),
                 option="extra_args",
             )
-        if arg.split("=", 1)[0] in FORBIDDEN_EXTRA_ARGS:
+        if SAFE_EXTRA_ARGS[name] != bool(has_value) or (has_value and not value) or _CONTROL_RE.search(arg):
             raise ConfigError(
-                "extra rsync argument %s is not allowed: it would bypass the safe remote-shell setup" % arg,
+                "extra rsync argument %r must be written %s" % (arg, name + "=VALUE" if SAFE_EXTRA_ARGS[name] else name),
                 option="extra_args",
             )
         checked.append(arg)
@@ -295,7 +337,13 @@ def build_rsync_argv(
 
 
 def exit_code_meaning(rc):
-    """Return rsync's description of an exit code, or ``unknown exit code N``."""
+    """Return rsync's description of an exit code (-N: killed by signal N), or ``unknown exit code N``."""
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = "signal %d" % -rc
+        return "rsync was killed by %s" % name
     return EXIT_CODE_MEANINGS.get(rc, "unknown exit code %s" % rc)
 
 
@@ -319,7 +367,13 @@ def build_exit_policy(overrides=None):
 
 
 def classify_exit_code(rc, policy=None):
-    """Return the policy action for ``rc``; codes the policy does not list are fatal."""
+    """Return the policy action for ``rc``; codes the policy does not list are fatal.
+
+    A negative ``rc`` (rsync killed by a signal: the OOM killer, an operator) says nothing
+    about the EPN, so it is retried like a dropped connection.
+    """
+    if rc is not None and rc < 0:
+        return ACTION_RETRY
     return (DEFAULT_EXIT_POLICY if policy is None else policy).get(rc, ACTION_FATAL)
 
 

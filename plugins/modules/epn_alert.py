@@ -15,7 +15,8 @@ description:
     O(epn_cap_map) ("Unknown ownership of EPNs"), reads their visit details (principal scientist and data
     scientists) from the facility portal, and mails a text and HTML alert rendered with Jinja2. It does what
     epnalert (HPC_ASSyncy) did, without repeating itself every day. Without O(equipment) the portal is not queried
-    and every unknown EPN is listed as having no visit details.
+    and every unknown EPN is listed as having no visit details. When the portal cannot be read (after
+    O(portal_retries)), the alert is still sent, without visit details and saying why (RV(portal_error)).
   - An unknown EPN is alerted once, and again only after O(realert_after_days); the time of each alert is kept in
     the state database. The module reports C(changed) only when it sent a mail.
   - When the SMTP server cannot be reached or refuses the mail, the module fails and records nothing, so the next
@@ -206,8 +207,15 @@ suppressed:
   type: list
   elements: dict
   sample: [{epn: 12999a, alerted_at: "2025-03-09T01:00:03+00:00"}]
+portal_error:
+  description: Why the facility portal could not be read (after its retries); the alert is then sent without visit
+    details and says so. V(null) when the portal answered or was not queried.
+  returned: success
+  type: str
+  sample: "cannot reach the facility portal at https://portal.example.org/api/v1/oauth/token: ... (after 4 attempts)"
 rejected:
-  description: Folder names refused by the EPN name rules, with the reason.
+  description: Folder names refused by the EPN name rules (one that is not valid UTF-8 is shown with C(\xNN)
+    escapes), with the reason.
   returned: success
   type: list
   elements: dict
@@ -256,6 +264,7 @@ import datetime
 import time
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.scidata.replication.plugins.module_utils._errors import PortalError
 from ansible_collections.scidata.replication.plugins.module_utils._epn import (
     PORTAL_ARGUMENT_SPEC,
     SSH_ARGUMENT_SPEC,
@@ -288,16 +297,22 @@ def alert(module):
         listed, rejected = list_epn_folders(sftp, directory, p["epn_pattern"])
 
     visits = []
+    portal_error = None
     if p.get("equipment"):
         now_dt = datetime.datetime.now(datetime.timezone.utc)
-        visits = fetch_visits(portal_clients_from_params(p), now_dt - datetime.timedelta(days=p["visit_day_range"]),
-                              now_dt)
+        clients = portal_clients_from_params(p, warn=module.warn)
+        try:
+            visits = fetch_visits(clients, now_dt - datetime.timedelta(days=p["visit_day_range"]), now_dt)
+        except PortalError as exc:
+            # The alert matters more than its details: send it, saying they are missing.
+            portal_error = exc.msg
+            module.warn("the alert goes out without visit details: %s" % exc.msg)
 
     store = EpnStore(module.state())
     now = time.time()
     plan = plan_alert(listed, p["epn_cap_map"], visits, store.alerted(listed), now, p["realert_after_days"])
     result = dict(changed=False, sent=False, listed=len(listed), unknown=plan["unknown"], due=plan["due"],
-                  alerted=[], suppressed=plan["suppressed"], rejected=rejected)
+                  alerted=[], suppressed=plan["suppressed"], rejected=rejected, portal_error=portal_error)
     if not plan["due"]:
         result["msg"] = "no unknown EPN is due for an alert (%d unknown, %d alerted recently)" % (
             len(plan["unknown"]), len(plan["suppressed"]))
@@ -313,6 +328,7 @@ def alert(module):
         visit_day_range=p["visit_day_range"],
         subject=p["subject"],
         generated_at=now_text(),
+        portal_error=portal_error,
     )
     text_template = read_template(p["template_text"], "template_text") if p.get("template_text") else None
     html_template = read_template(p["template_html"], "template_html") if p.get("template_html") else None

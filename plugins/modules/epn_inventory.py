@@ -148,7 +148,8 @@ incomplete:
   elements: dict
   sample: [{epn: 12346b, errors: ["/data/MX2/12346b/raw: Permission denied"]}]
 rejected:
-  description: Folder names refused by the EPN name rules, with the reason.
+  description: Folder names refused by the EPN name rules (one that is not valid UTF-8 is shown with C(\xNN)
+    escapes), with the reason.
   returned: success
   type: list
   elements: dict

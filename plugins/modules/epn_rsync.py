@@ -24,8 +24,13 @@ description:
     C({dest_root}/{project}/{epn}/data/), with the project folder from O(epn_cap_map). EPNs without a mapping are
     reported in RV(unmapped), never guessed.
   - rsync runs as an argument list (never through a shell), with the paths after C(--) and C(--protect-args), and
-    ssh runs with C(BatchMode=yes), strict host-key checking against O(known_hosts_file), a connect timeout and
-    keep-alives. The default options reproduce mxsync's intent; live runs and check mode use the same options.
+    ssh runs self-contained, with C(-F /dev/null) (no user or system ssh configuration), C(BatchMode=yes), only
+    O(key_file) offered (C(IdentitiesOnly=yes)), strict host-key checking against O(known_hosts_file) alone
+    (C(GlobalKnownHostsFile=/dev/null)), a connect timeout and keep-alives. The default options reproduce mxsync's
+    intent; live runs and check mode use the same options.
+  - Modes of the copied data are group-shared and closed to others (C(--chmod=D2770,Fug+rwX,Fo-rwx)), so folders
+    are 2770 (setgid, so new files keep the project group) and files 660, or 770 when the source file is executable.
+    Folders above the data folder that the module creates get the default mode of the account (umask).
   - With a PostgreSQL O(state_db), several hosts may run this module at the same time against the same database;
     each EPN is claimed by exactly one run (a lease that the running module keeps renewing), and the EPNs of a run
     that died are taken over once its lease (O(claim_ttl)) has expired. With SQLite (one host) the run lock
@@ -143,8 +148,13 @@ options:
     default: true
   extra_args:
     description:
-      - More rsync long options, for example V(--checksum). Options that would replace the SSH command or
-        turn off argument protection are refused.
+      - More rsync options, each spelled in full and only from this list (anything else is refused, so no
+        option can replace the SSH command, turn off argument protection, change name encoding or delete files),
+        namely V(--checksum), V(--ignore-times), V(--numeric-ids), V(--omit-dir-times), V(--prune-empty-dirs),
+        V(--sparse), V(--whole-file), V(--no-whole-file), V(--ipv4), V(--ipv6), and with C(=VALUE)
+        V(--exclude), V(--include), V(--filter), V(--max-size), V(--min-size), V(--modify-window),
+        V(--block-size), V(--compress-choice), V(--compress-level), V(--skip-compress), V(--checksum-choice),
+        V(--rsync-path).
     type: list
     elements: str
     default: []
@@ -159,7 +169,9 @@ options:
         warning), V(retry), V(retry_once), V(fatal) or V(stop).
       - "The default: retry with backoff 5, 10, 12, 30, 35, 255; retry once then report 11, 14, 21, 22, 23;
         24 (files vanished) is success with a warning; fatal 1, 2, 3, 4, 13, 25; 20 stops the run. Other codes are
-        fatal. A process killed by signal N counts as exit code 128+N."
+        fatal."
+      - rsync killed by a signal (the OOM killer, an operator's C(kill -9)) is retried like V(retry), since a
+        signal says nothing about the EPN.
       - An SSH host-key or authentication failure stops the run whatever the exit code, without counting against
         the EPN.
     type: dict
@@ -185,6 +197,13 @@ options:
       - The longest wait between attempts, in seconds.
     type: int
     default: 3600
+  missing_source_days:
+    description:
+      - How long an EPN whose folder does not exist on O(host) yet (rsync exit code 23, C(change_dir ... No such
+        file or directory)) is looked for again, in days from when it was first queued. Each run looks once; such
+        a run does not count as an attempt. After this many days the EPN is marked failed.
+    type: int
+    default: 7
   retry_failed:
     description:
       - Also try EPNs marked failed, starting their attempt count again.
@@ -205,8 +224,10 @@ requirements:
   - rsync on the target and on O(host) (3.4.0 or later recommended), and the OpenSSH client on the target.
   - PyYAML on the target for O(import_ignore_file) (installed with ansible-core).
 notes:
-  - The module fails when an EPN failed, when rsync was told to stop (exit code 20), or when SSH refused the host
-    key or the login; RV(epns) then still lists every EPN with its outcome.
+  - The module fails when an EPN failed, when rsync was told to stop (exit code 20), when the facility could not be
+    reached, or when SSH refused the host key or the login; RV(epns) then still lists every EPN with its outcome.
+  - What counts as an attempt, what is retried and what marks an EPN failed is described in the collection's
+    README (section EPN repatriation).
 seealso:
   - module: scidata.replication.epn_inventory
   - module: scidata.replication.epn_alert
@@ -296,7 +317,9 @@ epns:
     status:
       description:
         - V(success), V(warning) (synced, see C(warning)), V(retry) (left for a later run, see C(next_attempt_at)),
-          V(retrying), V(failed) (retries used up), V(fatal) (not retried) or V(stop).
+          V(retrying), V(failed) (retries used up), V(fatal) (not retried), V(stop), or V(interrupted) (the run
+          stopped on a problem that is not the EPN's, such as an unreachable facility, the SSH host key or the login;
+          the EPN's state and attempt count are unchanged).
         - In check mode, the outcome of the dry run.
       type: str
     rc:
@@ -343,6 +366,10 @@ epns:
     next_attempt_at:
       description: When a later run may try again (ISO 8601), for status V(retry).
       type: str
+    stale_temp_files_removed:
+      description: How many temporary files of earlier, killed rsyncs were removed from the destination before
+        this run's rsync started.
+      type: int
   sample:
     - epn: 12345a
       project: proj001
@@ -382,7 +409,8 @@ skipped_epns:
   elements: dict
   sample: [{epn: 12000a, reason: already synced at 2025-03-01T01:00:00+00:00}]
 rejected:
-  description: EPN names refused by the name rules, with the reason.
+  description: EPN names refused by the name rules (one that is not valid UTF-8 is shown with C(\xNN) escapes),
+    with the reason.
   returned: success
   type: list
   elements: dict
@@ -416,6 +444,26 @@ stopped:
   returned: success
   type: bool
   sample: false
+interrupted:
+  description: EPNs whose rsync ended on a problem that is not theirs (facility unreachable, SSH host key or
+    login); the run stopped, and their state and attempt count in the database are unchanged.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+requeued:
+  description: With O(from_portal=true), synced EPNs queued again because a later visit ended after their last
+    sync.
+  returned: success
+  type: list
+  elements: str
+  sample: [12345a]
+all_waiting:
+  description: True when nothing was synced or failed and every EPN to do waits for a retry (the run log and a
+    warning say so too), so monitoring can tell a stuck queue from an idle one.
+  returned: success
+  type: bool
+  sample: false
 rsync_version:
   description: The version of the local rsync.
   returned: success
@@ -437,12 +485,8 @@ locked:
   type: bool
 """
 
-import datetime
-import inspect
-import json
 import os
 
-from ansible.module_utils.basic import remove_values
 from ansible_collections.scidata.replication.plugins.module_utils._epn import (
     DEFAULT_DEST_TEMPLATE,
     DEFAULT_SOURCE_TEMPLATE,
@@ -451,7 +495,9 @@ from ansible_collections.scidata.replication.plugins.module_utils._epn import (
 )
 from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
     DEFAULT_CLAIM_TTL,
+    DEFAULT_MISSING_SOURCE_DAYS,
     EpnRsyncRun,
+    RsyncProcesses,
 )
 from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
 from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
@@ -461,40 +507,6 @@ from ansible_collections.scidata.replication.plugins.module_utils._rsync import 
     DEFAULT_PARTIAL_DIR,
     RSYNC_ENVIRONMENT,
 )
-
-
-def command_runner(module):
-    """``argv -> (rc, stdout, stderr)`` through run_command: no shell, no ~ or $VAR expansion."""
-    kwargs = dict(environ_update=RSYNC_ENVIRONMENT, expand_user_and_vars=False, errors="surrogateescape")
-    if "handle_exceptions" in inspect.signature(module.ansible.run_command).parameters:
-        kwargs["handle_exceptions"] = False  # raise instead of fail_json from a worker thread
-
-    def runner(argv):
-        return module.ansible.run_command(argv, **kwargs)
-
-    return runner
-
-
-def progress_writer(module):
-    """Append one JSON line per EPN event to log_file (the run summary is written by the base)."""
-    path = module.params.get("log_file")
-    if not path:
-        return None
-
-    def write(event):
-        entry = dict(remove_values(event, module.ansible.no_log_values))
-        entry.update(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     module=module.name, check_mode=module.check_mode)
-        try:
-            parent = os.path.dirname(path)
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent, mode=0o750)
-            with open(path, "a") as handle:
-                handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-        except OSError as exc:
-            module.warn("cannot write log_file %s: %s" % (path, exc))
-
-    return write
 
 
 def sync(module):
@@ -507,11 +519,11 @@ def sync(module):
     run = EpnRsyncRun(
         params,
         module.state(),
-        command_runner(module),
+        RsyncProcesses(RSYNC_ENVIRONMENT),
         check_mode=module.check_mode,
         diff_mode=module.diff_mode,
         warn=module.warn,
-        progress=progress_writer(module),
+        progress=module.log_event,
     )
     return run.run()
 
@@ -544,6 +556,7 @@ def main():
         retry_delay=dict(type="int", default=30),
         retry_max_delay=dict(type="int", default=3600),
         retry_failed=dict(type="bool", default=False),
+        missing_source_days=dict(type="int", default=DEFAULT_MISSING_SOURCE_DAYS),
         force=dict(type="bool", default=False),
         claim_ttl=dict(type="int", default=DEFAULT_CLAIM_TTL),
     )

@@ -60,6 +60,9 @@ def portal_args(portal, visit_day_range=30):
              "username": "mxuser2", "password": PORTAL_SECRETS["password_2"]},
         ],
         "visit_day_range": visit_day_range,
+        # The test server speaks plain HTTP; failed requests are retried at once.
+        "portal_allow_http": True,
+        "portal_retry_delay": 0,
     }
 
 

@@ -70,6 +70,7 @@ class PortalState:
         self.token_lifetime = float(config.get("token_lifetime_seconds", 3600))
         self._tokens = {}
         self._requests = []
+        self._faults = []
 
     def issue_token(self, username):
         token = secrets.token_urlsafe(24)
@@ -121,6 +122,25 @@ class PortalState:
                 selected.append(visit)
         return selected
 
+    def add_fault(self, status, body=None, count=1, path_prefix="/api/"):
+        """Answer the next ``count`` API requests under ``path_prefix`` with ``status`` and ``body``
+        (JSON, or raw text when a str); ``count`` None means until cleared."""
+        with self._lock:
+            self._faults.append({"status": int(status), "body": body, "count": count, "path_prefix": path_prefix})
+
+    def clear_faults(self):
+        with self._lock:
+            self._faults = []
+
+    def take_fault(self, path):
+        with self._lock:
+            for fault in self._faults:
+                if path.startswith(fault["path_prefix"]) and (fault["count"] is None or fault["count"] > 0):
+                    if fault["count"] is not None:
+                        fault["count"] -= 1
+                    return fault
+        return None
+
     def log_request(self, record):
         with self._lock:
             self._requests.append(record)
@@ -150,7 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.state
 
     def _send_json(self, status, payload):
-        body = json.dumps(payload).encode("utf-8")
+        self._send_raw(status, json.dumps(payload).encode("utf-8"))
+        return status
+
+    def _send_raw(self, status, body):
         record = self._record
         if record is not None:
             # Logged before the client can read the answer, so the log keeps the order of the calls.
@@ -162,7 +185,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        return status
 
     def _error(self, status, message):
         return self._send_json(status, {"meta": {"code": status, "error_message": message}})
@@ -197,7 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
         }
         segments = parts.path.strip("/").split("/")
         self._record = record
-        if method == "POST" and parts.path == "/api/v1/oauth/token":
+        fault = self.state.take_fault(parts.path)
+        if fault is not None:
+            record["fault"] = fault["status"]
+            if isinstance(fault["body"], str):
+                self._send_raw(fault["status"], fault["body"].encode("utf-8"))
+            else:
+                self._send_json(fault["status"], fault["body"] if fault["body"] is not None else {})
+        elif method == "POST" and parts.path == "/api/v1/oauth/token":
             self._token(body, record)
         elif method == "GET" and len(segments) == 5 and segments[:3] == ["api", "v1", "equipment"] and segments[4] == "visits":
             self._visits(unquote(segments[3]), query)
@@ -250,6 +279,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"equipment_id": str(payload["equipment_id"]), "visits": len(payload["visits"])})
         elif method == "GET" and path == "/_portal/requests":
             self._send_json(200, {"requests": self.state.requests()})
+        elif method == "POST" and path == "/_portal/faults":
+            try:
+                payload = json.loads(body)
+                self.state.add_fault(payload["status"], payload.get("body"), payload.get("count", 1),
+                                     payload.get("path_prefix", "/api/"))
+            except (ValueError, KeyError, TypeError):
+                self._error(400, 'Body must be {"status": ..., "body": ..., "count": ..., "path_prefix": ...}.')
+                return
+            self._send_json(200, {"faults": "added"})
         else:
             self._error(404, "Not found.")
 

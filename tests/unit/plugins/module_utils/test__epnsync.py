@@ -16,7 +16,6 @@ import pytest
 from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
     EpnRsyncRun,
     EpnStore,
-    policy_rc,
     ssh_problem,
 )
 from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError, RsyncError
@@ -164,7 +163,6 @@ def test_ssh_problems_and_signals():
     assert "could not be verified" in ssh_problem("Host key verification failed.\n", "h", 22, "u", None)
     assert "authentication" in ssh_problem("u@h: Permission denied (publickey).\n", "h", 22, "u", None)
     assert ssh_problem("rsync: connection unexpectedly closed\n", "h", 22, "u", None) is None
-    assert (policy_rc(-9), policy_rc(-15), policy_rc(23), policy_rc(None)) == (137, 143, 23, None)
 
 
 # -- the run --------------------------------------------------------------------------------------
