@@ -400,7 +400,7 @@ def run_routes(module, db, client, routes):
     names = [r["name"] for r in routes]
     options = dict((name, params[name]) for name in TRANSFER_OPTIONS)
     policy = dict((name, params[name]) for name in ("max_active_tasks", "identity_max_open_tasks", "items_per_task",
-                                                     "max_attempts", "retry_backoff", "retry_backoff_max"))
+                                                    "max_attempts", "retry_backoff", "retry_backoff_max"))
     resubmitted = []
     for name in names:
         if module.check_mode:

@@ -74,6 +74,7 @@ def test_postgresql_statements_give_up_waiting_for_a_lock(postgres, monkeypatch)
     holder.upsert("transfer_items", [item(1)], key=ITEM_KEY)
     monkeypatch.setattr(_state, "PG_LOCK_TIMEOUT_MS", 500)
     waiter = StateDB(url)
+    thread = None
     try:
         with holder.transaction():
             holder.execute("UPDATE transfer_items SET status = 'ACTIVE'")
@@ -82,7 +83,7 @@ def test_postgresql_statements_give_up_waiting_for_a_lock(postgres, monkeypatch)
             assert finished and isinstance(error, StateError) and "lock timeout" in error.msg, error
             assert time.monotonic() - started < 5
     finally:
-        thread.join(10)
+        if thread is not None:
+            thread.join(10)
         waiter.close()
         holder.close()
-
