@@ -133,9 +133,14 @@ SCHEMA = [
     "CREATE INDEX inflight_sub ON inflight (sub)",
     "CREATE TABLE delivered (dir INTEGER NOT NULL, name TEXT NOT NULL, dest INTEGER NOT NULL, size INTEGER NOT NULL, "
     "mtime_ns INTEGER NOT NULL, hash BLOB, PRIMARY KEY (dir, name, dest)) WITHOUT ROWID",
-    "CREATE TABLE gone (path TEXT NOT NULL, dest INTEGER NOT NULL, sub INTEGER, PRIMARY KEY (path, dest)) WITHOUT ROWID",
+    # ``hold``: a transfer task to the same destination that may still write the path; the
+    # delete waits until it has finished.
+    "CREATE TABLE gone (path TEXT NOT NULL, dest INTEGER NOT NULL, sub INTEGER, hold INTEGER, "
+    "PRIMARY KEY (path, dest)) WITHOUT ROWID",
     "CREATE INDEX gone_sub ON gone (sub)",
 ]
+# Columns added to an existing index in place, with the statement that adds each.
+ADDED_COLUMNS = [("gone", "hold", "ALTER TABLE gone ADD COLUMN hold INTEGER")]
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -180,6 +185,19 @@ def is_utf8(name):
     except UnicodeEncodeError:
         return False
     return True
+
+
+def under_delete(deleting, rel):
+    """Whether the path ``rel`` (a file or a directory) is at or below one of the ``deleting`` paths
+    (files as ``a/f``, directories as ``a/``; a file may have become a directory or back)."""
+    if rel in deleting or rel + "/" in deleting:
+        return True
+    position = rel.find("/")
+    while position != -1:
+        if rel[:position] in deleting or rel[:position + 1] in deleting:
+            return True
+        position = rel.find("/", position + 1)
+    return False
 
 
 def parse_as_of(value, now=None):
@@ -720,6 +738,7 @@ class PathIndex(object):
             if version != INDEX_FORMAT:
                 raise StateError("the index %s has format %r; this collection reads format %d (state=reset "
                                  "starts a new one)" % (self.path, version, INDEX_FORMAT))
+            self._add_columns()
         except sqlite3.Error as exc:
             self.close()
             raise StateError("cannot open the index %s: %s" % (self.path, exc))
@@ -730,6 +749,11 @@ class PathIndex(object):
 
     def _has_schema(self):
         return bool(self.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0])
+
+    def _add_columns(self):
+        for table, column, statement in ADDED_COLUMNS:
+            if column not in [row[1] for row in self.conn.execute("PRAGMA table_info(%s)" % table)]:
+                self.conn.execute(statement)
 
     def _create(self):
         with self.transaction():
@@ -814,10 +838,12 @@ class PathIndex(object):
                 self.set_meta("hash_algorithm", self.hash_algorithm)
 
     def set_destinations(self, destinations):
-        """Record the destinations; returns (ids in order, True when one was added to a known set).
+        """Record the destinations; returns (ids in order, ids of destinations added to a known set).
 
-        A destination added later has none of the files the others hold, so every file and empty
-        directory is offered again (Globus skips what a destination already has, per sync_level).
+        A destination added later is offered every file: the others keep what they hold (their
+        versions go to ``delivered``), so nothing is sent to them again. A destination removed
+        stops counting: its queued deletes are dropped, and a file every remaining destination
+        holds is done.
         """
         wanted = [(d["collection"], d["path"]) for d in destinations]
         if len(set(wanted)) != len(wanted):
@@ -825,25 +851,60 @@ class PathIndex(object):
         with self.transaction():
             active = dict(((r[1], r[2]), r[0]) for r in self.conn.execute(
                 "SELECT id, collection, path FROM dests WHERE active = 1"))
-            added = [key for key in wanted if key not in active]
-            for key, dest_id in active.items():
-                if key not in wanted:
-                    self.conn.execute("UPDATE dests SET active = 0 WHERE id = ?", (dest_id,))
-                    self.conn.execute("DELETE FROM delivered WHERE dest = ?", (dest_id,))
-            ids = []
+            removed = [dest_id for key, dest_id in active.items() if key not in wanted]
+            for dest_id in removed:
+                self.conn.execute("UPDATE dests SET active = 0 WHERE id = ?", (dest_id,))
+                self.conn.execute("DELETE FROM delivered WHERE dest = ?", (dest_id,))
+                self.conn.execute("DELETE FROM gone WHERE dest = ? AND sub IS NULL", (dest_id,))
+            kept = [active[key] for key in wanted if key in active]
+            ids, added = [], []
             for key in wanted:
                 if key in active:
                     ids.append(active[key])
                 else:
-                    ids.append(self.conn.execute("INSERT INTO dests (collection, path) VALUES (?, ?)", key).lastrowid)
-            reset = bool(added and active)
-            if reset:
-                self.conn.execute("UPDATE dirs SET sts = zeroblob(length(sts)), pending = length(sts) "
-                                  "WHERE sts IS NOT NULL")
+                    added.append(self.conn.execute("INSERT INTO dests (collection, path) VALUES (?, ?)", key).lastrowid)
+                    ids.append(added[-1])
+            if added and kept:
+                self._hold_for(kept)
                 self.conn.execute("UPDATE dirs SET sent = 0 WHERE sent != 0")
-                self.conn.execute("DELETE FROM sent")
-                self.conn.execute("DELETE FROM delivered")
-        return ids, reset
+            elif removed and kept:
+                self._complete_delivered(kept)
+        return ids, added if kept else []
+
+    def _hold_for(self, dest_ids):
+        """Files every destination in ``dest_ids`` holds become pending, recorded as delivered to
+        those destinations: only a destination that lacks them is offered them."""
+        for dir_id, in self.conn.execute("SELECT id FROM dirs WHERE sts IS NOT NULL AND length(sts) > 0").fetchall():
+            packed = self.load(dir_id)
+            rows = []
+            for position, name in enumerate(packed.names):
+                if packed.sts[position] == SYNCED:
+                    packed.sts[position] = NEW
+                    rows.extend((dir_id, name, dest, packed.sizes[position], packed.mtimes[position],
+                                 packed.digest(position)) for dest in dest_ids)
+            if rows:
+                self.conn.executemany("INSERT INTO delivered (dir, name, dest, size, mtime_ns, hash) VALUES "
+                                      "(?, ?, ?, ?, ?, ?) ON CONFLICT (dir, name, dest) DO NOTHING", rows)
+                self.store_states(dir_id, packed)
+
+    def _complete_delivered(self, dest_ids):
+        """Files every destination in ``dest_ids`` holds in their current version are done."""
+        for dir_id, in self.conn.execute("SELECT DISTINCT dir FROM delivered").fetchall():
+            packed = self.load(dir_id)
+            positions = dict(zip(packed.names, range(len(packed.names))))
+            holders = collections.defaultdict(set)
+            for name, dest, size, mtime_ns in self.conn.execute(
+                    "SELECT name, dest, size, mtime_ns FROM delivered WHERE dir = ?", (dir_id,)):
+                position = positions.get(name)
+                if position is not None and (size, mtime_ns) == (packed.sizes[position], packed.mtimes[position]):
+                    holders[name].add(dest)
+            done = [name for name, dests in holders.items() if dests.issuperset(dest_ids)]
+            for name in done:
+                packed.sts[positions[name]] = SYNCED
+                self.conn.execute("DELETE FROM delivered WHERE dir = ? AND name = ?", (dir_id, name))
+                self.conn.execute("DELETE FROM sent WHERE dir = ? AND name = ?", (dir_id, name))
+            if done:
+                self.store_states(dir_id, packed)
 
     # -- rows and paths -----------------------------------------------------------------------
     def load(self, dir_id):
@@ -917,7 +978,8 @@ class PathIndex(object):
         open_subs = self.conn.execute("SELECT count(*) FROM subs").fetchone()[0]
         empty_dirs = self.conn.execute(
             "SELECT count(*) FROM dirs INDEXED BY dirs_unsent_leaves WHERE leaf = 1 AND sent = 0").fetchone()[0]
-        deletes = self.conn.execute("SELECT count(*) FROM gone").fetchone()[0]
+        deletes = self.conn.execute(
+            "SELECT count(*) FROM gone WHERE dest IN (SELECT id FROM dests WHERE active = 1)").fetchone()[0]
         return dict(pending=pending, in_flight=in_flight, open_tasks=open_subs, empty_dirs_pending=empty_dirs,
                     deletes_pending=deletes)
 
@@ -951,6 +1013,7 @@ class PathIndex(object):
                 has_side=any(self.conn.execute("SELECT 1 FROM %s LIMIT 1" % t).fetchone()
                              for t in ("sent", "delivered")),
                 has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
+                has_inflight=self.conn.execute("SELECT 1 FROM inflight LIMIT 1").fetchone() is not None,
             )
             with self.transaction():
                 self._pending_writes = 0
@@ -1189,14 +1252,13 @@ class PathIndex(object):
             # A path that comes back before its delete was submitted must not be deleted.
             conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in new_paths])
         if removed:
-            gone = []
             for name, position in vanished.items():
                 path = rel + "/" + name if rel else name
                 report.deleted.add(path)
-                if sts[position] & 3 != NEW:
-                    gone.extend((path, dest) for dest in state["gone_dests"])
-            if gone:
-                conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING", gone)
+                if state["gone_dests"]:
+                    holds = self._open_transfers([dir_id], name) if state["has_inflight"] else {}
+                    if sts[position] & 3 != NEW or holds or (state["has_side"] and self._delivered([dir_id], name)):
+                        self._queue_delete(path, state["gone_dests"], holds)
             if state["has_side"]:
                 keys = [(dir_id, names[position]) for position in removed]
                 conn.executemany("DELETE FROM sent WHERE dir = ? AND name = ?", keys)
@@ -1209,6 +1271,15 @@ class PathIndex(object):
         ids = self.subtree(dir_id)
         count = 0
         sent_any = False
+        holds = {}
+        if record and state["gone_dests"]:
+            # Anything of the subtree may be at a destination: a file confirmed there, delivered to
+            # some destinations, carried by a task still running, or an empty directory created there.
+            holds = self._open_transfers(ids) if state["has_inflight"] else {}
+            sent_any = bool(holds) or (state["has_side"] and self._delivered(ids)) or any(
+                self.conn.execute("SELECT 1 FROM dirs WHERE sent = 1 AND id IN (%s) LIMIT 1"
+                                  % ",".join("?" * len(chunk)), chunk).fetchone()
+                for chunk in (ids[start:start + QUERY_CHUNK] for start in range(0, len(ids), QUERY_CHUNK)))
         for start in range(0, len(ids), QUERY_CHUNK):
             chunk = ids[start:start + QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -1230,11 +1301,39 @@ class PathIndex(object):
                 self.conn.execute("DELETE FROM delivered WHERE dir IN (%s)" % marks, chunk)
             self.conn.execute("DELETE FROM dirs WHERE id IN (%s)" % marks, chunk)
         if record and state["gone_dests"] and sent_any:
-            self.conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING",
-                                  [(rel + "/", dest) for dest in state["gone_dests"]])
+            self._queue_delete(rel + "/", state["gone_dests"], holds)
         for removed_id in ids:
             self._dir_paths.pop(removed_id, None)
         return count + len(ids)
+
+    def _open_transfers(self, dir_ids, name=None):
+        """{destination: newest open transfer task carrying a file of ``dir_ids`` (or the file ``name``)}."""
+        holds = {}
+        for start in range(0, len(dir_ids), QUERY_CHUNK):
+            chunk = dir_ids[start:start + QUERY_CHUNK]
+            where = "i.dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND i.name = ?" if name is not None else "")
+            for dest, sub in self.conn.execute(
+                    "SELECT s.dest, max(s.id) FROM inflight AS i JOIN subs AS s ON s.id = i.sub WHERE %s "
+                    "GROUP BY s.dest" % where, chunk + ([name] if name is not None else [])):
+                holds[dest] = max(sub, holds.get(dest, 0))
+        return holds
+
+    def _delivered(self, dir_ids, name=None):
+        """Whether a version of a file of ``dir_ids`` (or of the file ``name``) reached some destination."""
+        for start in range(0, len(dir_ids), QUERY_CHUNK):
+            chunk = dir_ids[start:start + QUERY_CHUNK]
+            where = "dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND name = ?" if name is not None else "")
+            if self.conn.execute("SELECT 1 FROM delivered WHERE %s LIMIT 1" % where,
+                                 chunk + ([name] if name is not None else [])).fetchone():
+                return True
+        return False
+
+    def _queue_delete(self, path, dest_ids, holds):
+        """Queue the delete of ``path`` on each destination, after the transfer that may still write it there."""
+        self.conn.executemany(
+            "INSERT INTO gone (path, dest, hold) VALUES (?, ?, ?) ON CONFLICT (path, dest) DO UPDATE SET "
+            "hold = excluded.hold WHERE excluded.hold IS NOT NULL",
+            [(path, dest, holds.get(dest)) for dest in dest_ids])
 
     # -- set_time ---------------------------------------------------------------------------
     def mark(self, as_of_ns, subpath=None, root=None):
@@ -1295,10 +1394,11 @@ class PathIndex(object):
         """Files the destination still needs, not carried by an open task to it: up to ``limit``.
         Each is a dict with dir, name, path, size, mtime_ns, hash, st and sent (a version or None)."""
         result = []
+        deleting = self.deleting(dest_id)
         for dir_id, in self.conn.execute(
                 "SELECT id FROM dirs INDEXED BY dirs_pending WHERE pending > 0 ORDER BY id").fetchall():
             rel = self.dir_path(dir_id)
-            if rel is None:
+            if rel is None or (deleting and rel and under_delete(deleting, rel)):
                 continue
             packed = self.load(dir_id)
             busy = set(row[0] for row in self.conn.execute(
@@ -1309,6 +1409,8 @@ class PathIndex(object):
             for position, name in enumerate(packed.names):
                 st = packed.sts[position]
                 if st == SYNCED or name in busy:
+                    continue
+                if deleting and under_delete(deleting, rel + "/" + name if rel else name):
                     continue
                 size, mtime_ns = packed.sizes[position], packed.mtimes[position]
                 if held.get(name) == (size, mtime_ns):
@@ -1427,8 +1529,15 @@ class PathIndex(object):
             self.conn.execute("UPDATE dirs SET sent = 1 WHERE id = ?", (dir_id,))
 
     def gone_paths(self, dest_id, limit):
+        """Paths to delete on the destination now: not in a delete task yet, no transfer still writing them."""
         return [row[0] for row in self.conn.execute(
-            "SELECT path FROM gone WHERE dest = ? AND sub IS NULL ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+            "SELECT path FROM gone WHERE dest = ? AND sub IS NULL AND (hold IS NULL OR hold NOT IN (SELECT id FROM subs)) "
+            "ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+
+    def deleting(self, dest_id):
+        """Paths the destination must delete first (queued or in a running delete task): nothing at
+        or below them is sent or created there until that delete has finished."""
+        return set(row[0] for row in self.conn.execute("SELECT path FROM gone WHERE dest = ?", (dest_id,)))
 
 
 # -- check mode: the same statements on a throwaway copy -----------------------------------------
@@ -1529,11 +1638,11 @@ class DirTrieSync(object):
         config, index = self.config, self.index
         now = time.time()
         index.bind(self.job, config["src_dir"])
-        self.dest_ids, reset = index.set_destinations(config["destinations"])
+        self.dest_ids, added = index.set_destinations(config["destinations"])
         self.destinations = dict(zip(self.dest_ids, config["destinations"]))
-        if reset:
-            self.warn("a destination was added: every file and empty directory is offered again (Globus skips what "
-                      "a destination already holds, per sync_level)")
+        if added:
+            self.warn("%d destinations were added: every file is sent to them, not again to the others"
+                      % len(added))
         if self.check_mode:
             resubmitted = [dict(submission_id=s) for s in unconfirmed_submissions(self.db, self.job)]
         else:
@@ -1626,6 +1735,7 @@ class DirTrieSync(object):
     def make_dirs(self):
         report = dict(created=0, pending=0, sample=[], errors=[])
         created = dict((dest_id, set()) for dest_id in self.dest_ids)
+        deleting = dict((dest_id, self.index.deleting(dest_id)) for dest_id in self.dest_ids)
         limit = self.config["sample_size"]
         for dir_id, rel in self.index.unsent_empty_dirs():
             if rel is None:
@@ -1637,6 +1747,9 @@ class DirTrieSync(object):
                 continue
             done = True
             for dest_id in self.dest_ids:
+                if rel and deleting[dest_id] and under_delete(deleting[dest_id], rel):
+                    done = False  # created once the delete of what was there before has finished
+                    continue
                 error = self._mkdir(dest_id, rel, created[dest_id])
                 if error:
                     done = False
