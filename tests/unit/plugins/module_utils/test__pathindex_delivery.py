@@ -1,0 +1,197 @@
+# Copyright: Contributors to the scidata.replication collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The per-destination delivery state of the path index: deletes, recreated paths, destinations
+added and removed, on real directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from ansible_collections.scidata.replication.plugins.module_utils import _pathindex
+
+A = {"collection": "A", "path": "/a"}
+B = {"collection": "B", "path": "/b"}
+
+
+def write(root, rel, data=b"x"):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+@pytest.fixture
+def src(tmp_path):
+    path = tmp_path / "src"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def index(tmp_path, src):
+    index = _pathindex.PathIndex(str(tmp_path / "index.sqlite")).open()
+    index.bind("job", src)
+    yield index
+    index.close()
+
+
+def paths(files):
+    return sorted(f["path"] for f in files)
+
+
+def send(index, dest, name):
+    """Submit every file the destination needs in one task; returns the task's row."""
+    index.record_submission(name, dest, "transfer", index.candidates(dest, 100))
+    return [s for s in index.open_submissions() if s["submission_id"] == name][0]
+
+
+def send_delete(index, dest, name):
+    index.record_submission(name, dest, "delete", gone=index.gone_paths(dest, 100))
+    return [s for s in index.open_submissions() if s["submission_id"] == name][0]
+
+
+def test_a_recreated_file_waits_for_the_delete_already_submitted(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "out/f", b"v1")
+    index.scan(src, gone_dests=ids)
+    index.settle(send(index, ids[0], "t1"), "SUCCEEDED", ids)
+    os.unlink(os.path.join(src, "out/f"))
+    index.scan(src, gone_dests=ids)
+    delete = send_delete(index, ids[0], "d1")
+    write(src, "out/f", b"v2")  # reprocessed while the delete waits (e.g. INACTIVE)
+    index.scan(src, gone_dests=ids)
+    assert index.candidates(ids[0], 10) == [] and index.counts()["pending"] == 1
+    index.settle(delete, "SUCCEEDED", ids)
+    assert paths(index.candidates(ids[0], 10)) == ["out/f"]
+
+
+def test_a_recreated_directory_waits_for_its_delete(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "d/f", b"v1")
+    index.scan(src, gone_dests=ids)
+    index.settle(send(index, ids[0], "t1"), "SUCCEEDED", ids)
+    shutil.rmtree(os.path.join(src, "d"))
+    index.scan(src, gone_dests=ids)
+    write(src, "d/g", b"new")
+    os.makedirs(os.path.join(src, "d", "empty"))
+    index.scan(src, gone_dests=ids)
+    # The delete of d/ goes first: sent now, d/g could be removed by it.
+    assert index.gone_paths(ids[0], 10) == ["d/"] and index.candidates(ids[0], 10) == []
+    index.settle(send_delete(index, ids[0], "d1"), "SUCCEEDED", ids)
+    assert paths(index.candidates(ids[0], 10)) == ["d/g"]
+
+
+def test_a_file_removed_while_its_task_runs_is_deleted_after_the_task(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "f", b"v1")
+    index.scan(src, gone_dests=ids)
+    transfer = send(index, ids[0], "t1")
+    os.unlink(os.path.join(src, "f"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == []  # the task may still write it
+    assert index.counts()["deletes_pending"] == 1
+    index.settle(transfer, "SUCCEEDED", ids)
+    assert index.gone_paths(ids[0], 10) == ["f"]
+
+
+def test_a_directory_removed_while_a_task_writes_into_it_is_deleted_after_the_task(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "d/e/f", b"v1")
+    index.scan(src, gone_dests=ids)
+    transfer = send(index, ids[0], "t1")
+    shutil.rmtree(os.path.join(src, "d"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == []
+    index.settle(transfer, "FAILED", ids)
+    assert index.gone_paths(ids[0], 10) == ["d/"]
+
+
+def test_a_file_delivered_to_some_destinations_is_deleted_from_them(index, src):
+    ids, _added = index.set_destinations([A, B])
+    write(src, "f", b"v1")
+    index.scan(src, gone_dests=ids)
+    to_a, to_b = send(index, ids[0], "ta"), send(index, ids[1], "tb")
+    index.settle(to_a, "SUCCEEDED", ids)
+    index.settle(to_b, "FAILED", ids)
+    os.unlink(os.path.join(src, "f"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == ["f"] and index.gone_paths(ids[1], 10) == ["f"]
+
+
+def test_an_empty_directory_removed_from_the_source_is_deleted(index, src):
+    ids, _added = index.set_destinations([A])
+    os.makedirs(os.path.join(src, "keep", "e"))
+    write(src, "keep/f", b"1")
+    index.scan(src, gone_dests=ids)
+    for dir_id, _rel in index.unsent_empty_dirs():
+        index.mark_dir_sent(dir_id)
+    os.rmdir(os.path.join(src, "keep", "e"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == ["keep/e/"]
+
+
+def test_a_file_never_sent_anywhere_needs_no_delete(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "f", b"1")
+    index.scan(src, gone_dests=ids)
+    os.unlink(os.path.join(src, "f"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == [] and index.counts()["deletes_pending"] == 0
+
+
+def test_removing_a_failing_destination_completes_what_the_others_hold(index, src):
+    ids, _added = index.set_destinations([A, B])
+    write(src, "f", b"1")
+    write(src, "g", b"2")
+    index.scan(src, gone_dests=ids)
+    to_a, to_b = send(index, ids[0], "ta"), send(index, ids[1], "tb")
+    index.settle(to_a, "SUCCEEDED", ids)
+    index.settle(to_b, "FAILED", ids)
+    assert index.counts()["pending"] == 2
+    os.unlink(os.path.join(src, "g"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[1], 10) == ["g"]
+    kept, added = index.set_destinations([A])
+    assert kept == [ids[0]] and added == []
+    counts = index.counts()
+    assert counts["pending"] == 0 and counts["deletes_pending"] == 1  # g still goes from A
+
+
+def test_a_destination_added_is_offered_only_what_it_lacks(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "f", b"1")
+    os.makedirs(os.path.join(src, "e"))
+    index.scan(src, gone_dests=ids)
+    index.settle(send(index, ids[0], "t1"), "SUCCEEDED", ids)
+    ids, added = index.set_destinations([A, B])
+    assert added == [ids[1]]
+    assert index.candidates(ids[0], 10) == [] and paths(index.candidates(ids[1], 10)) == ["f"]
+    assert [rel for _id, rel in index.unsent_empty_dirs()] == ["e"]
+    index.settle(send(index, ids[1], "t2"), "SUCCEEDED", ids)
+    assert index.counts()["pending"] == 0
+    # A file both held and then removed from the source is deleted from both.
+    os.unlink(os.path.join(src, "f"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == ["f"] and index.gone_paths(ids[1], 10) == ["f"]
+
+
+def test_a_file_held_by_the_old_destination_only_is_deleted_there_after_a_destination_is_added(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "f", b"1")
+    index.scan(src, gone_dests=ids)
+    index.settle(send(index, ids[0], "t1"), "SUCCEEDED", ids)
+    ids, _added = index.set_destinations([A, B])
+    os.unlink(os.path.join(src, "f"))
+    index.scan(src, gone_dests=ids)
+    assert index.gone_paths(ids[0], 10) == ["f"]
+
+
+@pytest.mark.parametrize("rel, expected", [
+    ("a/b/f", True), ("a/f", False), ("x", True), ("x/y", True), ("d", True), ("d/z", True), ("dd/z", False),
+])
+def test_under_delete(rel, expected):
+    assert _pathindex.under_delete({"a/b/", "x", "d/"}, rel) is expected
