@@ -1239,18 +1239,23 @@ class PathIndex(object):
         entries = [(name,) + updates[i] if i in updates else
                    (name, packed.sizes[i], packed.mtimes[i], sts[i], packed.digest(i))
                    for i, name in enumerate(names) if i not in removed]
-        new_paths = []
+        returned = set()
+        if added and state["has_gone"]:
+            # A path that comes back before its delete was submitted is not deleted; the destination
+            # may hold the older file with a newer mtime, so it is sent with sync_level=checksum.
+            for start in range(0, len(added), QUERY_CHUNK):
+                chunk = [rel + "/" + name if rel else name for name, _size, _mtime in added[start:start + QUERY_CHUNK]]
+                returned.update(row[0] for row in conn.execute(
+                    "SELECT path FROM gone WHERE sub IS NULL AND path IN (%s)" % ",".join("?" * len(chunk)), chunk))
+            conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in returned])
         for name, size, mtime_ns in added:
             digest = self._hash(dir_fd, name, rel, report)
             if digest is False:
                 continue
-            entries.append((name, size, mtime_ns, NEW, digest))
-            new_paths.append(rel + "/" + name if rel else name)
-            report.new.add(new_paths[-1])
+            path = rel + "/" + name if rel else name
+            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else NEW, digest))
+            report.new.add(path)
         self.store(dir_id, entries)
-        if new_paths and state["has_gone"]:
-            # A path that comes back before its delete was submitted must not be deleted.
-            conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in new_paths])
         if removed:
             for name, position in vanished.items():
                 path = rel + "/" + name if rel else name
@@ -1404,8 +1409,8 @@ class PathIndex(object):
             busy = set(row[0] for row in self.conn.execute(
                 "SELECT i.name FROM inflight AS i JOIN subs AS s ON s.id = i.sub WHERE i.dir = ? AND s.dest = ?",
                 (dir_id, dest_id)))
-            held = dict((row[0], (row[1], row[2])) for row in self.conn.execute(
-                "SELECT name, size, mtime_ns FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
+            held = dict((row[0], (row[1], row[2], row[3])) for row in self.conn.execute(
+                "SELECT name, size, mtime_ns, hash FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
             for position, name in enumerate(packed.names):
                 st = packed.sts[position]
                 if st == SYNCED or name in busy:
@@ -1413,11 +1418,14 @@ class PathIndex(object):
                 if deleting and under_delete(deleting, rel + "/" + name if rel else name):
                     continue
                 size, mtime_ns = packed.sizes[position], packed.mtimes[position]
-                if held.get(name) == (size, mtime_ns):
+                there = held.get(name)
+                if there is not None and there[:2] == (size, mtime_ns):
                     continue
+                if there is None and st & 3 == CHANGED:
+                    there = self.sent_version(dir_id, name)
+                # ``sent``: the older version the destination holds, if any (it decides the sync level).
                 result.append(dict(dir=dir_id, name=name, path=rel + "/" + name if rel else name, size=size,
-                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st,
-                                   sent=self.sent_version(dir_id, name) if st & 3 == CHANGED else None))
+                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st, sent=there))
                 if len(result) >= limit:
                     return result
         return result
@@ -1644,15 +1652,17 @@ class DirTrieSync(object):
             self.warn("%d destinations were added: every file is sent to them, not again to the others"
                       % len(added))
         if self.check_mode:
+            # The state database's check-mode transaction holds a write lock from its first write
+            # until the run ends: scan first, so no real run waits for the scan of a plan.
             resubmitted = [dict(submission_id=s) for s in unconfirmed_submissions(self.db, self.job)]
+            scan = self.scan()
+            refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
+            settled = self.settle()
         else:
             resubmitted = resubmit_unconfirmed(self.db, self.client, self.job)
-        refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
-        settled = self.settle()
-        scan = index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
-                          sample_size=config["sample_size"],
-                          gone_dests=self.dest_ids if config["delete_destination"] else (),
-                          skip_rel=config.get("skip_rel", ()), workers=config.get("scan_workers", 1))
+            refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
+            settled = self.settle()
+            scan = self.scan()
         counts, samples = scan.as_dict()
         if not self.check_mode:
             index.compact()  # free pages only: not a change anyone asked for
@@ -1680,6 +1690,13 @@ class DirTrieSync(object):
         )
         self.record_job(now, scan, result)
         return result
+
+    def scan(self):
+        config = self.config
+        return self.index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
+                               sample_size=config["sample_size"],
+                               gone_dests=self.dest_ids if config["delete_destination"] else (),
+                               skip_rel=config.get("skip_rel", ()), workers=config.get("scan_workers", 1))
 
     def index_report(self):
         path = self.config["index_path"]
@@ -1830,11 +1847,20 @@ class DirTrieSync(object):
                         tasks.append(self.submit_batch(dest_id, group, retry))
                         budget -= 1
                         slots[dest_id] -= 1
-        reason = None
-        if not tasks:
-            reason = "nothing to send" if not self.index.counts()["pending"] else (
-                "waiting for open tasks (max_active_tasks=%d per destination)" % config["max_active_tasks"])
-        return tasks, reason
+        return tasks, None if tasks else self.idle_reason(slots)
+
+    def idle_reason(self, slots):
+        """Why a run submitted nothing, as the index says it."""
+        counts = self.index.counts()
+        if not counts["pending"]:
+            return "nothing to send"
+        if any(slots[d] <= 0 for d in self.dest_ids):
+            return "waiting for open tasks (max_active_tasks=%d per destination)" % self.config["max_active_tasks"]
+        if counts["in_flight"]:
+            return "the pending files are in open tasks"
+        if counts["deletes_pending"]:
+            return "the pending files wait for deletes on the destination to finish"
+        return "no pending file can be sent"
 
     def needs_checksum(self, entry):
         """Send with sync_level=checksum when Globus's own test would skip a real change: after a
