@@ -1275,16 +1275,10 @@ class PathIndex(object):
         report = state["report"]
         ids = self.subtree(dir_id)
         count = 0
-        sent_any = False
-        holds = {}
-        if record and state["gone_dests"]:
-            # Anything of the subtree may be at a destination: a file confirmed there, delivered to
-            # some destinations, carried by a task still running, or an empty directory created there.
-            holds = self._open_transfers(ids) if state["has_inflight"] else {}
-            sent_any = bool(holds) or (state["has_side"] and self._delivered(ids)) or any(
-                self.conn.execute("SELECT 1 FROM dirs WHERE sent = 1 AND id IN (%s) LIMIT 1"
-                                  % ",".join("?" * len(chunk)), chunk).fetchone()
-                for chunk in (ids[start:start + QUERY_CHUNK] for start in range(0, len(ids), QUERY_CHUNK)))
+        # A directory that vanished is deleted on every destination: one added since it was sent
+        # there may hold it, or an empty directory created there; a task still writing below it
+        # finishes first.
+        holds = self._open_transfers(ids) if record and state["gone_dests"] and state["has_inflight"] else {}
         for start in range(0, len(ids), QUERY_CHUNK):
             chunk = ids[start:start + QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -1292,7 +1286,6 @@ class PathIndex(object):
                 for sub_id, sts in self.conn.execute("SELECT id, sts FROM dirs WHERE id IN (%s)" % marks, chunk):
                     if not sts:
                         continue
-                    sent_any = sent_any or bytes(sts).count(NEW) != len(sts)
                     report.deleted.count += len(sts)
                     if len(report.deleted.paths) < report.deleted.limit:
                         for name in self.load(sub_id).names:
@@ -1305,7 +1298,7 @@ class PathIndex(object):
                 self.conn.execute("DELETE FROM sent WHERE dir IN (%s)" % marks, chunk)
                 self.conn.execute("DELETE FROM delivered WHERE dir IN (%s)" % marks, chunk)
             self.conn.execute("DELETE FROM dirs WHERE id IN (%s)" % marks, chunk)
-        if record and state["gone_dests"] and sent_any:
+        if record and state["gone_dests"]:
             self._queue_delete(rel + "/", state["gone_dests"], holds)
         for removed_id in ids:
             self._dir_paths.pop(removed_id, None)

@@ -173,10 +173,11 @@ def test_a_destination_added_is_offered_only_what_it_lacks(index, src):
     assert [rel for _id, rel in index.unsent_empty_dirs()] == ["e"]
     index.settle(send(index, ids[1], "t2"), "SUCCEEDED", ids)
     assert index.counts()["pending"] == 0
-    # A file both held and then removed from the source is deleted from both.
+    # A file and an empty directory both hold, removed from the source, are deleted from both.
     os.unlink(os.path.join(src, "f"))
+    os.rmdir(os.path.join(src, "e"))
     index.scan(src, gone_dests=ids)
-    assert index.gone_paths(ids[0], 10) == ["f"] and index.gone_paths(ids[1], 10) == ["f"]
+    assert index.gone_paths(ids[0], 10) == ["e/", "f"] and index.gone_paths(ids[1], 10) == ["e/", "f"]
 
 
 def test_a_file_held_by_the_old_destination_only_is_deleted_there_after_a_destination_is_added(index, src):
