@@ -8,13 +8,15 @@ removed came before.
 
 Runs are the module's core (``DirTrieSync``) in this process with a real SQLite state database and
 a real globus_sdk client; the emulator really copies and deletes, so the destination trees on disk
-are what is compared.
+are what is compared. A check run's scan leaves the state database to the real runs meanwhile.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import threading
 import time
 import uuid
 
@@ -203,3 +205,50 @@ def test_every_destination_equals_the_source_after_a_run_with_nothing_pending(em
         max_examples=EXAMPLES, stateful_step_count=10, deadline=None, database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     print("%d examples in %.0f s" % (EXAMPLES, time.monotonic() - started))
+
+
+def test_a_check_run_scanning_leaves_the_state_database_to_real_runs(emulator, client, tmp_path, monkeypatch):
+    job = Replication(emulator, str(tmp_path), client)
+    try:
+        with open(os.path.join(job.src, "f"), "wb") as handle:
+            handle.write(b"data")
+        job.run(wait=False)  # an open task: a check run's refresh has a row to update
+        scanning, release = threading.Event(), threading.Event()
+        read = _pathindex.TreeReader.read
+
+        def slow_read(reader, *args):
+            scanning.set()
+            release.wait(60)
+            return read(reader, *args)
+
+        monkeypatch.setattr(_pathindex.TreeReader, "read", slow_read)
+        outcome = {}
+
+        def check_run():
+            db = _state.open_state(os.path.join(job.workdir, "state.db"), check_mode=True)
+            config = config_for(job.job, job.src, job.index_path, [dict(collection=DST, path=job.destinations[0][1])])
+            try:
+                with _pathindex.opened_index(job.index_path, "mtime_size", "sha256", True) as index:
+                    outcome["result"] = _pathindex.DirTrieSync(index, config, db, client, check_mode=True).run()
+            finally:
+                db.close()
+
+        planner = threading.Thread(target=check_run)
+        planner.start()
+        try:
+            assert scanning.wait(60)
+            # Another job's real run writes to the same state database while the plan scans.
+            other = sqlite3.connect(os.path.join(job.workdir, "state.db"), timeout=2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("UPDATE globus_tasks SET updated_at = updated_at")
+                other.execute("COMMIT")
+            finally:
+                other.close()
+        finally:
+            release.set()
+            planner.join(60)
+        planned = outcome["result"]
+        assert planned["counts"]["unchanged"] == 1 and planned["tasks"] == [] and planned["changed"] is False
+    finally:
+        job.close()
