@@ -141,6 +141,19 @@ SCHEMA = [
 ]
 # Columns added to an existing index in place, with the statement that adds each.
 ADDED_COLUMNS = [("gone", "hold", "ALTER TABLE gone ADD COLUMN hold INTEGER")]
+# Tables added to an existing index in place.
+ADDED_TABLES = [
+    # Files whose tasks failed: ``attempts`` in all, ``alone`` in a task of their own or
+    # attributed to them (a skipped file), the size of their next task (``batch``: a failed task
+    # is split in halves from its second failure on), not before ``next_at``; ``alone`` >=
+    # max_file_failures quarantines the file.
+    "CREATE TABLE IF NOT EXISTS failures (dir INTEGER NOT NULL, name TEXT NOT NULL, attempts INTEGER NOT NULL, "
+    "alone INTEGER NOT NULL, batch INTEGER NOT NULL, next_at REAL NOT NULL, reason TEXT, PRIMARY KEY (dir, name)) "
+    "WITHOUT ROWID",
+]
+MAX_FILE_FAILURES = 3
+FILE_RETRY_BACKOFF = 300
+FILE_RETRY_BACKOFF_MAX = 86400
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -713,6 +726,8 @@ class PathIndex(object):
         self._scan_state = None
         self._reader = None
         self.wal = False
+        self.max_file_failures = MAX_FILE_FAILURES
+        self.file_retry_backoff = FILE_RETRY_BACKOFF
 
     # -- connection -------------------------------------------------------------------------
     def open(self, wal=False):
@@ -754,6 +769,8 @@ class PathIndex(object):
         for table, column, statement in ADDED_COLUMNS:
             if column not in [row[1] for row in self.conn.execute("PRAGMA table_info(%s)" % table)]:
                 self.conn.execute(statement)
+        for statement in ADDED_TABLES:
+            self.conn.execute(statement)
 
     def _create(self):
         with self.transaction():
@@ -1014,6 +1031,7 @@ class PathIndex(object):
                              for t in ("sent", "delivered")),
                 has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
                 has_inflight=self.conn.execute("SELECT 1 FROM inflight LIMIT 1").fetchone() is not None,
+                has_failures=self.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None,
             )
             with self.transaction():
                 self._pending_writes = 0
@@ -1223,6 +1241,9 @@ class PathIndex(object):
                     state["has_side"] = True
             if st != SYNCED and not same_version(compare, current, previous):
                 report.modified.add(rel + "/" + name if rel else name)
+            if state["has_failures"]:
+                # A new version starts its failure count over.
+                conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
             updates[position] = (size, mtime_ns, st, digest)
         removed = set(vanished.values())
         removed.update(dropped)
@@ -1264,10 +1285,11 @@ class PathIndex(object):
                     holds = self._open_transfers([dir_id], name) if state["has_inflight"] else {}
                     if sts[position] & 3 != NEW or holds or (state["has_side"] and self._delivered([dir_id], name)):
                         self._queue_delete(path, state["gone_dests"], holds)
-            if state["has_side"]:
-                keys = [(dir_id, names[position]) for position in removed]
-                conn.executemany("DELETE FROM sent WHERE dir = ? AND name = ?", keys)
-                conn.executemany("DELETE FROM delivered WHERE dir = ? AND name = ?", keys)
+            keys = [(dir_id, names[position]) for position in removed]
+            tables = (("sent", "delivered") if state["has_side"] else ()) + (
+                ("failures",) if state["has_failures"] else ())
+            for table in tables:
+                conn.executemany("DELETE FROM %s WHERE dir = ? AND name = ?" % table, keys)
         return len(updates) + len(added) + len(removed)
 
     def _delete_subtree(self, dir_id, rel, state, record):
@@ -1294,9 +1316,10 @@ class PathIndex(object):
                                 break
             count += self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs WHERE id IN (%s)" % marks,
                                        chunk).fetchone()[0]
-            if state["has_side"]:
-                self.conn.execute("DELETE FROM sent WHERE dir IN (%s)" % marks, chunk)
-                self.conn.execute("DELETE FROM delivered WHERE dir IN (%s)" % marks, chunk)
+            tables = (("sent", "delivered") if state["has_side"] else ()) + (
+                ("failures",) if state["has_failures"] else ())
+            for table in tables:
+                self.conn.execute("DELETE FROM %s WHERE dir IN (%s)" % (table, marks), chunk)
             self.conn.execute("DELETE FROM dirs WHERE id IN (%s)" % marks, chunk)
         if record and state["gone_dests"]:
             self._queue_delete(rel + "/", state["gone_dests"], holds)
@@ -1366,7 +1389,7 @@ class PathIndex(object):
                 chunk = ids[start:start + QUERY_CHUNK]
                 where = "dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND name = ?" if only is not None else "")
                 params = chunk + ([only] if only is not None else [])
-                for table in ("sent", "delivered"):
+                for table in ("sent", "delivered", "failures"):
                     changed += self.conn.execute("DELETE FROM %s WHERE %s" % (table, where), params).rowcount
             if only is None:
                 for start in range(0, len(ids), QUERY_CHUNK):
@@ -1388,11 +1411,14 @@ class PathIndex(object):
         return transferred, later, bool(changed)
 
     # -- submissions ------------------------------------------------------------------------
-    def candidates(self, dest_id, limit):
-        """Files the destination still needs, not carried by an open task to it: up to ``limit``.
-        Each is a dict with dir, name, path, size, mtime_ns, hash, st and sent (a version or None)."""
+    def candidates(self, dest_id, limit, now=None):
+        """Files the destination still needs, not carried by an open task to it, not quarantined nor
+        waiting for their retry time: up to ``limit``. Each is a dict with dir, name, path, size,
+        mtime_ns, hash, st, sent (a version or None) and batch (the size of its next task, or None)."""
+        now = time.time() if now is None else now
         result = []
         deleting = self.deleting(dest_id)
+        has_failures = self.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None
         for dir_id, in self.conn.execute(
                 "SELECT id FROM dirs INDEXED BY dirs_pending WHERE pending > 0 ORDER BY id").fetchall():
             rel = self.dir_path(dir_id)
@@ -1404,6 +1430,8 @@ class PathIndex(object):
                 (dir_id, dest_id)))
             held = dict((row[0], (row[1], row[2], row[3])) for row in self.conn.execute(
                 "SELECT name, size, mtime_ns, hash FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
+            failed = dict((row[0], row[1:]) for row in self.conn.execute(
+                "SELECT name, alone, batch, next_at FROM failures WHERE dir = ?", (dir_id,))) if has_failures else {}
             for position, name in enumerate(packed.names):
                 st = packed.sts[position]
                 if st == SYNCED or name in busy:
@@ -1414,11 +1442,15 @@ class PathIndex(object):
                 there = held.get(name)
                 if there is not None and there[:2] == (size, mtime_ns):
                     continue
+                failure = failed.get(name)
+                if failure is not None and (failure[0] >= self.max_file_failures or failure[2] > now):
+                    continue
                 if there is None and st & 3 == CHANGED:
                     there = self.sent_version(dir_id, name)
                 # ``sent``: the older version the destination holds, if any (it decides the sync level).
                 result.append(dict(dir=dir_id, name=name, path=rel + "/" + name if rel else name, size=size,
-                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st, sent=there))
+                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st, sent=there,
+                                   batch=None if failure is None else failure[1]))
                 if len(result) >= limit:
                     return result
         return result
@@ -1442,12 +1474,15 @@ class PathIndex(object):
     def open_tasks_per_dest(self):
         return dict(self.conn.execute("SELECT dest, count(*) FROM subs GROUP BY dest").fetchall())
 
-    def settle(self, sub, status, dest_ids, skipped_paths=()):
+    def settle(self, sub, status, dest_ids, skipped=None, reason=None, now=None):
         """Apply a finished task: SUCCEEDED marks exactly the versions it carried as transferred
         to its destination (and everywhere once every destination has them), FAILED leaves them
-        pending with RETRY set. ``skipped_paths`` (source errors skipped by Globus) stay pending.
-        Returns the number of files confirmed, or to retry."""
+        pending with RETRY set and counts a failure for each (``reason``: the task's error).
+        ``skipped`` ({relative path: reason}, source errors Globus skipped) stay pending too, with
+        a failure counted against them alone. Returns the number of files confirmed, or to retry."""
         conn = self.conn
+        now = time.time() if now is None else now
+        skipped = skipped or {}
         count = 0
         with self.transaction():
             if sub["kind"] == "delete":
@@ -1460,6 +1495,7 @@ class PathIndex(object):
                 active = sub["dest"] in dest_ids
                 rows = conn.execute("SELECT dir, name, size, mtime_ns, hash FROM inflight WHERE sub = ? ORDER BY dir",
                                     (sub["id"],)).fetchall()
+                failures = []
                 start = 0
                 while start < len(rows):
                     dir_id = rows[start][0]
@@ -1473,21 +1509,56 @@ class PathIndex(object):
                         position = positions.get(name)
                         if position is None or packed.sts[position] == SYNCED:
                             continue
-                        if status == "FAILED":
+                        why = skipped.get(self.file_path(dir_id, name)) if skipped else None
+                        if status == "FAILED" or why is not None:
                             packed.sts[position] |= RETRY
                             touched = True
-                            count += 1
-                        elif active and not (skipped_paths and self.file_path(dir_id, name) in skipped_paths):
+                            if status == "FAILED":
+                                count += 1
+                            failures.append((dir_id, name, why or reason, why is not None or len(rows) == 1))
+                        elif active:
                             if self._deliver(packed, position, dir_id, name, sub["dest"], (size, mtime_ns, digest),
                                              others):
                                 touched = True
                                 count += 1
+                            conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
                     if touched:
                         self.store_states(dir_id, packed)
                     start = end
+                self._count_failures(failures, len(rows), now)
             conn.execute("DELETE FROM inflight WHERE sub = ?", (sub["id"],))
             conn.execute("DELETE FROM subs WHERE id = ?", (sub["id"],))
         return count
+
+    def _count_failures(self, failures, task_size, now):
+        """One more failure for each (dir, name, reason, alone). The first is taken for a passing
+        fault: the task's files go out again at once, as they were. A file failing again goes out in
+        tasks half as large, and one failing on its own waits, with exponential backoff."""
+        rows = []
+        for dir_id, name, reason, alone in failures:
+            before = self.conn.execute("SELECT attempts, alone FROM failures WHERE dir = ? AND name = ?",
+                                       (dir_id, name)).fetchone() or (0, 0)
+            times = before[1] + int(alone)
+            wait = min(FILE_RETRY_BACKOFF_MAX, self.file_retry_backoff * 2 ** (times - 2)) if times > 1 else 0
+            batch = task_size if not before[0] else max(1, task_size // 2)
+            rows.append((dir_id, name, int(alone), batch, now + wait, reason))
+        self.conn.executemany(
+            "INSERT INTO failures (dir, name, attempts, alone, batch, next_at, reason) VALUES (?, ?, 1, ?, ?, ?, ?) "
+            "ON CONFLICT (dir, name) DO UPDATE SET attempts = attempts + 1, alone = alone + excluded.alone, "
+            "batch = min(batch, excluded.batch), next_at = excluded.next_at, reason = excluded.reason", rows)
+
+    def quarantined(self, limit):
+        """(count, up to ``limit`` dicts of path, attempts, reason) of the files no longer sent."""
+        count = self.conn.execute("SELECT count(*) FROM failures WHERE alone >= ?",
+                                  (self.max_file_failures,)).fetchone()[0]
+        sample = []
+        for dir_id, name, attempts, reason in self.conn.execute(
+                "SELECT dir, name, attempts, reason FROM failures WHERE alone >= ? ORDER BY dir, name LIMIT ?",
+                (self.max_file_failures, int(limit))):
+            path = self.file_path(dir_id, name)
+            if path is not None:
+                sample.append(dict(path=printable(path), attempts=attempts, reason=reason))
+        return count, sample
 
     def _deliver(self, packed, position, dir_id, name, dest_id, version, others):
         conn = self.conn
@@ -1631,6 +1702,8 @@ class DirTrieSync(object):
         self.check_mode = check_mode
         self.warn = warn or (lambda message: None)
         self.job = config["job"]
+        index.max_file_failures = config.get("max_file_failures", MAX_FILE_FAILURES)
+        index.file_retry_backoff = config.get("file_retry_backoff", FILE_RETRY_BACKOFF)
         self.dest_ids = []
         self.destinations = {}
         self._fake = 0
@@ -1669,6 +1742,12 @@ class DirTrieSync(object):
                               ("unreadable", "could not be read: their index entries are kept as they were")):
             if counts[kind]:
                 self.warn("%d paths %s: %s" % (counts[kind], warning, ", ".join(samples[kind])))
+        quarantined, failed_files = index.quarantined(config["sample_size"])
+        if quarantined:
+            self.warn("%d files failed %d times in a task of their own and are no longer sent until they change "
+                      "(or state=marked with an earlier as_of resets them): %s" % (
+                          quarantined, index.max_file_failures,
+                          "; ".join("%s (%s)" % (f["path"], f["reason"]) for f in failed_files)))
         changed = bool(scan.index_changed or tasks or deletes or directories["created"]
                        or (resubmitted and not self.check_mode))
         result = dict(
@@ -1679,7 +1758,7 @@ class DirTrieSync(object):
             resubmitted=resubmitted, tasks=tasks, reason=reason, directories_created=directories["created"],
             directory_errors=directories["errors"],
             deletes=deletes, pending=state["pending"], in_flight=state["in_flight"], open_tasks=state["open_tasks"],
-            deletes_pending=state["deletes_pending"],
+            deletes_pending=state["deletes_pending"], quarantined=dict(count=quarantined, files=failed_files),
         )
         self.record_job(now, scan, result)
         return result
@@ -1704,7 +1783,8 @@ class DirTrieSync(object):
         ids = [s["submission_id"] for s in subs]
         for start in range(0, len(ids), QUERY_CHUNK):
             chunk = ids[start:start + QUERY_CHUNK]
-            for row in self.db.query("SELECT submission_id, task_id, status, request FROM globus_tasks WHERE "
+            for row in self.db.query("SELECT submission_id, task_id, status, nice_status, fatal_error, request "
+                                     "FROM globus_tasks WHERE "
                                      "submission_id IN (%s)" % ", ".join("?" * len(chunk)), chunk):
                 rows[row["submission_id"]] = row
         for sub in subs:
@@ -1716,10 +1796,10 @@ class DirTrieSync(object):
                 continue
             if row["status"] not in ("SUCCEEDED", "FAILED"):
                 continue
-            skipped = ()
+            skipped = None
             if row["status"] == "SUCCEEDED" and sub["kind"] == "transfer" and row["task_id"]:
                 skipped = self.skipped_paths(row)
-            count = self.index.settle(sub, row["status"], self.dest_ids, skipped)
+            count = self.index.settle(sub, row["status"], self.dest_ids, skipped, reason=failure_reason(row))
             if row["status"] == "SUCCEEDED":
                 summary["succeeded"] += 1
                 summary["files_transferred"] += count if sub["kind"] == "transfer" else 0
@@ -1729,16 +1809,16 @@ class DirTrieSync(object):
         return summary
 
     def skipped_paths(self, row):
-        """Source files Globus skipped (skip_source_errors): relative paths that stay pending."""
+        """Source files Globus skipped (skip_source_errors): {relative path: reason}; they stay pending."""
         request = json.loads(row["request"])
         if not request.get("skip_source_errors"):
-            return ()
+            return None
         prefix = self.config["source_path"]
-        paths = set()
+        paths = {}
         for record in task_files(self.client, row["task_id"], "skipped_errors"):
             source = record.get("source_path") or ""
             rel = posixpath.relpath(source, prefix) if prefix not in ("", "/") else source.lstrip("/")
-            paths.add(rel)
+            paths[rel] = "skipped: %s %s" % (record.get("error_code") or "", record.get("error_details") or "")
         return paths
 
     # -- 3. empty directories -----------------------------------------------------------------
@@ -1833,13 +1913,12 @@ class DirTrieSync(object):
                 if not files:
                     active.remove(dest_id)
                     continue
-                normal = [f for f in files if not self.needs_checksum(f)]
-                careful = [f for f in files if self.needs_checksum(f)]
-                for group, retry in ((normal, False), (careful, True)):
-                    if group and budget > 0 and slots[dest_id] > 0:
-                        tasks.append(self.submit_batch(dest_id, group, retry))
-                        budget -= 1
-                        slots[dest_id] -= 1
+                for group, retry in task_groups(files, self.needs_checksum):
+                    if budget <= 0 or slots[dest_id] <= 0:
+                        break
+                    tasks.append(self.submit_batch(dest_id, group, retry))
+                    budget -= 1
+                    slots[dest_id] -= 1
         return tasks, None if tasks else self.idle_reason(slots)
 
     def idle_reason(self, slots):
@@ -1853,6 +1932,8 @@ class DirTrieSync(object):
             return "the pending files are in open tasks"
         if counts["deletes_pending"]:
             return "the pending files wait for deletes on the destination to finish"
+        if self.index.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone():
+            return "the pending files are quarantined or wait for their retry time after failures"
         return "no pending file can be sent"
 
     def needs_checksum(self, entry):
@@ -1937,7 +2018,31 @@ class DirTrieSync(object):
         record_job(self.db, self.job, self.config["src_dir"], started, time.time(), result["index"]["files"],
                    result["pending"], dict(counts=result["counts"], tasks=len(result["tasks"]),
                                            settled=result["settled"], in_flight=result["in_flight"],
+                                           quarantined=result["quarantined"],
                                            changed=result["changed"], scan_seconds=result["scan_seconds"]))
+
+
+def task_groups(files, needs_checksum):
+    """The tasks for ``files``: those that need no checksum together, then those that do, files
+    of a failed task in tasks no larger than their ``batch`` (a failed task is retried in halves)."""
+    normal = [f for f in files if not needs_checksum(f)]
+    careful = sorted((f for f in files if needs_checksum(f)), key=lambda f: f["batch"] or len(files))
+    groups = [(normal, False)] if normal else []
+    while careful:
+        size = careful[0]["batch"] or len(careful)
+        groups.append((careful[:size], True))
+        careful = careful[size:]
+    return groups
+
+
+def failure_reason(row):
+    """What a failed task's row says went wrong: its fatal error, else its nice_status."""
+    if row["status"] != "FAILED":
+        return None
+    if row["fatal_error"]:
+        fatal = json.loads(row["fatal_error"])
+        return "%s: %s" % (fatal.get("code"), fatal.get("description"))
+    return row["nice_status"] or "FAILED"
 
 
 def record_job(db, job, src_dir, run_at, scan_at, files_indexed, files_pending, summary):
@@ -1966,6 +2071,8 @@ def check_options(config):
     """Option combinations that cannot work, before anything is touched."""
     if config.get("items_per_task", 1) < 1:
         raise ConfigError("items_per_task must be at least 1")
+    if config.get("max_file_failures", 1) < 1 or config.get("file_retry_backoff", 0) < 0:
+        raise ConfigError("max_file_failures must be at least 1 and file_retry_backoff at least 0")
     for pattern in list(config.get("include") or []) + list(config.get("exclude") or []):
         if not pattern.strip("/"):
             raise ConfigError("an include/exclude pattern must not be empty")

@@ -163,6 +163,21 @@ options:
     description: Open tasks of the job allowed per destination.
     type: int
     default: 3
+  max_file_failures:
+    description:
+      - A file whose task fails is sent again at once in a task half as large, until it fails in a task
+        of its own (or is skipped by Globus with O(skip_source_errors)); after that many failures of its
+        own it is quarantined, no longer sent, and reported in RV(quarantined) and a warning, while every
+        other file goes on.
+      - A quarantined file is sent again when it changes, or after O(state=marked) with an earlier O(as_of).
+    type: int
+    default: 3
+  file_retry_backoff:
+    description:
+      - Seconds a file that failed in a task of its own waits before its next attempt, doubled after
+        each further failure (at most a day).
+    type: int
+    default: 300
   delete_destination:
     description:
       - Delete on every destination the files (and directories) that were sent and then deleted from the
@@ -363,7 +378,10 @@ tasks:
        submission_id: 8a3f2a1e-0000-4000-8000-000000000001, task_id: 5a3f2a1e-0000-4000-8000-000000000001,
        code: Accepted}
 reason:
-  description: Why nothing was submitted, if so.
+  description:
+    - Why nothing was submitted, if so - nothing to send; waiting for open tasks (no free task slot);
+      the pending files are in open tasks; they wait for deletes on a destination to finish first; or
+      they are quarantined or wait for their retry time after failures.
   returned: when O(state=present)
   type: str
 resubmitted:
@@ -401,6 +419,21 @@ deletes_pending:
   description: Destination deletes waiting to be submitted or to finish.
   returned: when O(state=present)
   type: int
+quarantined:
+  description:
+    - Files no longer sent after O(max_file_failures) failures of their own, with up to O(sample_size)
+      of them, each with its path, its failed attempts and the reason the last failure gave.
+  returned: when O(state=present)
+  type: dict
+  sample: {count: 1, files: [{path: "run1/locked.h5", attempts: 7, reason: "skipped: PERMISSION_DENIED ..."}]}
+  contains:
+    count:
+      description: How many files are quarantined.
+      type: int
+    files:
+      description: Up to O(sample_size) of them, as dicts with C(path), C(attempts) and C(reason).
+      type: list
+      elements: dict
 marked:
   description: With O(state=marked), the marking applied.
   returned: when O(state=marked)
@@ -451,7 +484,8 @@ def job_config(params):
                   source_path=params["source_path"], destinations=params["destinations"] or [],
                   include=params["include"], exclude=params["exclude"], items_per_task=params["items_per_task"],
                   max_submissions_per_run=params["max_submissions_per_run"],
-                  max_active_tasks=params["max_active_tasks"], label=params["label"],
+                  max_active_tasks=params["max_active_tasks"], max_file_failures=params["max_file_failures"],
+                  file_retry_backoff=params["file_retry_backoff"], label=params["label"],
                   sample_size=params["sample_size"], delete_destination=params["delete_destination"],
                   scan_workers=_pathindex.scan_workers(params["scan_workers"]), options=options, skip_rel=skip_rel)
     if params["state"] == "present" and not config["destinations"]:
@@ -545,6 +579,8 @@ def main():
             items_per_task=dict(type="int", default=10000),
             max_submissions_per_run=dict(type="int", default=10),
             max_active_tasks=dict(type="int", default=3),
+            max_file_failures=dict(type="int", default=3),
+            file_retry_backoff=dict(type="int", default=300),
             delete_destination=dict(type="bool", default=False),
             sample_size=dict(type="int", default=20),
             scan_workers=dict(type="int", default=0),
