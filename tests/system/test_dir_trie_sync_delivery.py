@@ -113,3 +113,29 @@ def test_removing_a_failing_destination_lets_the_job_finish(ansible, emulator, j
     alone = run(ansible, emulator, job["args"])
     assert alone["pending"] == 0 and alone["reason"] == "nothing to send"
     assert read(os.path.join(job["dst"], "out", "result.dat")) == b"version 1"
+
+
+def test_a_file_that_keeps_failing_is_quarantined_and_the_rest_replicated(ansible, emulator, job):
+    args, root = dict(job["args"], items_per_task=10, file_retry_backoff=0), job["root"]
+    for number in range(5):
+        write(os.path.join(root, "out", "f%d.dat" % number), b"data %d" % number)
+    emulator.add_fault(kind="event", code="PERMISSION_DENIED", fatal=True,
+                       path_prefix="/%s/out/other.dat" % job["name"])
+    for _round in range(8):
+        last = run(ansible, emulator, args)
+        if last["reason"] and "quarantined" in last["reason"]:
+            break
+    assert last["quarantined"]["count"] == 1 and last["pending"] == 1
+    (failed,) = last["quarantined"]["files"]
+    assert failed["path"] == "out/other.dat" and "PERMISSION_DENIED" in failed["reason"] and failed["attempts"] >= 3
+    assert not os.path.exists(os.path.join(job["dst"], "out", "other.dat"))
+    for number in range(5):
+        assert read(os.path.join(job["dst"], "out", "f%d.dat" % number)) == b"data %d" % number
+    assert read(os.path.join(job["dst"], "out", "result.dat")) == b"version 1"
+    # Once readable (changed), it is sent and the quarantine ends.
+    emulator.admin("DELETE", "/_emulator/faults")
+    write(os.path.join(root, "out", "other.dat"), b"fixed")
+    run(ansible, emulator, args)
+    done = run(ansible, emulator, args)
+    assert done["pending"] == 0 and done["quarantined"]["count"] == 0
+    assert read(os.path.join(job["dst"], "out", "other.dat")) == b"fixed"

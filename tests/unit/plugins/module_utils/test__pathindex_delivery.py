@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 
 import pytest
 
@@ -196,3 +197,67 @@ def test_a_file_held_by_the_old_destination_only_is_deleted_there_after_a_destin
 ])
 def test_under_delete(rel, expected):
     assert _pathindex.under_delete({"a/b/", "x", "d/"}, rel) is expected
+
+
+def run_tasks(index, dest_ids, outcome, now):
+    """Submit every file as DirTrieSync groups them and settle each task by ``outcome(paths)``."""
+    for files, retry in _pathindex.task_groups(index.candidates(dest_ids[0], 100, now=now),
+                                                lambda f: bool(f["st"] & _pathindex.RETRY)):
+        index.record_submission(uuid.uuid4().hex, dest_ids[0], "transfer", files)
+    for sub in index.open_submissions():
+        carried = [r[0] for r in index.conn.execute("SELECT name FROM inflight WHERE sub = ?", (sub["id"],))]
+        status, skipped = outcome(carried)
+        index.settle(sub, status, dest_ids, skipped, reason="ENDPOINT_ERROR: injected", now=now)
+
+
+def test_a_file_that_keeps_failing_is_isolated_and_quarantined_while_the_rest_goes(index, src):
+    ids, _added = index.set_destinations([A])
+    for number in range(9):
+        write(src, "f%d" % number, b"data")
+    write(src, "bad", b"unreadable at the source")
+    index.scan(src, gone_dests=ids)
+    index.file_retry_backoff = 60
+    now, runs = 1000.0, 0
+    while index.candidates(ids[0], 100, now=now):
+        run_tasks(index, ids, lambda names: ("FAILED", None) if "bad" in names else ("SUCCEEDED", None), now)
+        now += 61 * 2 ** runs
+        runs += 1
+        assert runs < 12
+    assert index.counts()["pending"] == 1 and paths(index.candidates(ids[0], 100, now=now * 2)) == []
+    count, sample = index.quarantined(10)
+    assert count == 1 and sample[0]["path"] == "bad" and sample[0]["reason"] == "ENDPOINT_ERROR: injected"
+    # A new version of the file is tried again; so is the whole tree after a marking.
+    write(src, "bad", b"readable now, and longer")
+    index.scan(src, gone_dests=ids)
+    assert paths(index.candidates(ids[0], 100, now=now)) == ["bad"] and index.quarantined(10)[0] == 0
+
+
+def test_a_file_failing_alone_backs_off(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "bad", b"x")
+    index.scan(src, gone_dests=ids)
+    index.file_retry_backoff = 100
+    failing = lambda names: ("FAILED", None)  # noqa: E731
+    run_tasks(index, ids, failing, 1000.0)
+    assert paths(index.candidates(ids[0], 10, now=1000.0)) == ["bad"]  # the first retry goes at once
+    run_tasks(index, ids, failing, 1000.0)
+    assert index.candidates(ids[0], 10, now=1099.0) == [] and paths(index.candidates(ids[0], 10, now=1100.0)) == ["bad"]
+    assert index.quarantined(10)[0] == 0
+
+
+def test_a_skipped_file_is_not_marked_sent_and_counts_against_itself(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "ok", b"1")
+    write(src, "locked", b"2")
+    index.scan(src, gone_dests=ids)
+    index.file_retry_backoff = 0
+    skipping = lambda names: ("SUCCEEDED", {"locked": "skipped: PERMISSION_DENIED"})  # noqa: E731
+    run_tasks(index, ids, skipping, 1000.0)
+    entry = index.candidates(ids[0], 10, now=1000.0)
+    assert paths(entry) == ["locked"] and entry[0]["st"] & _pathindex.RETRY and index.counts()["pending"] == 1
+    run_tasks(index, ids, skipping, 1000.0)
+    run_tasks(index, ids, skipping, 1000.0)
+    count, sample = index.quarantined(10)
+    assert count == 1 and sample[0] == dict(path="locked", attempts=3, reason="skipped: PERMISSION_DENIED")
+    assert index.mark(0, "locked", root=src)[2] is True  # the documented way out
+    assert paths(index.candidates(ids[0], 10, now=1000.0)) == ["locked"]
