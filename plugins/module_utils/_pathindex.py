@@ -1032,6 +1032,7 @@ class PathIndex(object):
                 has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
                 has_inflight=self.conn.execute("SELECT 1 FROM inflight LIMIT 1").fetchone() is not None,
                 has_failures=self.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None,
+                new_state=NEW | RETRY if self.meta("resend_by_checksum") else NEW,
             )
             with self.transaction():
                 self._pending_writes = 0
@@ -1043,6 +1044,7 @@ class PathIndex(object):
                     self._walk(root_fd, "", children)
                 else:
                     self._scan_with_workers(pool, root_fd, children, workers * subtrees_per_worker)
+                self.conn.execute("DELETE FROM meta WHERE key = 'resend_by_checksum'")
         except BaseException:
             if pool is not None:
                 pool.close(kill=True)
@@ -1274,7 +1276,7 @@ class PathIndex(object):
             if digest is False:
                 continue
             path = rel + "/" + name if rel else name
-            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else NEW, digest))
+            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else state["new_state"], digest))
             report.new.add(path)
         self.store(dir_id, entries)
         if removed:
@@ -1380,7 +1382,8 @@ class PathIndex(object):
                         packed.sts[position] = SYNCED
                         transferred += 1
                     else:
-                        packed.sts[position] = NEW
+                        # A forced resend: compared by checksum, so a corrupt replica is repaired.
+                        packed.sts[position] = NEW | RETRY
                         later += 1
                 if bytes(packed.sts) != before:
                     changed += 1
@@ -1711,6 +1714,12 @@ class DirTrieSync(object):
     def run(self):
         config, index = self.config, self.index
         now = time.time()
+        if index.meta("src_dir") is None and self.db.query_one("SELECT 1 AS known FROM sync_jobs WHERE name = ?",
+                                                              (self.job,)):
+            # A new index for a job that ran before (state=reset, or a lost index): destinations may
+            # hold any version, so the first scan's files go with sync_level=checksum.
+            with index.transaction():
+                index.set_meta("resend_by_checksum", 1)
         index.bind(self.job, config["src_dir"])
         self.dest_ids, added = index.set_destinations(config["destinations"])
         self.destinations = dict(zip(self.dest_ids, config["destinations"]))
@@ -1737,6 +1746,7 @@ class DirTrieSync(object):
         deletes = self.submit_deletes() if config["delete_destination"] else []
         state = index.counts()
         for kind, warning in (("symlinks", "are symbolic links: not followed, not sent"),
+                              ("special", "are not regular files (FIFOs, sockets, devices): not sent"),
                               ("skipped", "have names that are not valid UTF-8, which Globus paths cannot express: "
                                           "skipped"),
                               ("unreadable", "could not be read: their index entries are kept as they were")):

@@ -103,6 +103,7 @@ options:
         keep it on a local file system.
       - Defaults to the directory of a SQLite O(state_db), or C(~/.local/state/scidata-replication) with
         a PostgreSQL one.
+      - An O(index_dir) inside O(src_dir) is left out of the replication, with everything in it.
     type: path
   compare:
     description:
@@ -110,6 +111,12 @@ options:
         V(mtime_size) modification times and sizes, V(hash) the O(hash_algorithm) digest of the contents.
       - V(hash) reads only the files whose size or modification time changed since the last scan; a file
         whose contents are the same is not sent again.
+      - "What each mode catches: V(mtime) any rewrite that moves the modification time (a rewrite that sets
+        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size;
+        V(hash) only changes of contents among the files whose size or modification time moved. None of
+        them reads a file whose size and modification time are both unchanged, so a same-size rewrite with
+        the modification time set back is not seen; O(state=marked) with an earlier O(as_of), or
+        O(state=reset), sends such files again, compared by checksum."
     type: str
     choices: [mtime, mtime_size, hash]
     default: mtime_size
@@ -207,7 +214,26 @@ options:
     type: str
     default: "{route} {date}"
 notes:
-  - Files skipped with O(skip_source_errors) stay pending and are tried again by the next run.
+  - "The invariant: after a run that reports nothing pending (RV(pending), RV(in_flight), RV(open_tasks),
+    RV(deletes_pending) and RV(counts.empty_dirs) all zero), every destination holds exactly the source's
+    regular files and directories, except symbolic links, special files, names that are not valid UTF-8
+    and excluded paths."
+  - "Deletions (O(delete_destination=true)): a file or directory that vanished from the source is deleted
+    on every destination that may hold it: one confirmed there, delivered to some destinations only, in a
+    task still running (the delete waits until that task ends), or an empty directory created there. A
+    path that comes back before its delete is submitted is not deleted and is sent again with
+    C(sync_level=checksum); one that comes back while its delete is submitted (or INACTIVE) is sent, and
+    nothing is created below it, only after that delete has finished. Excluded paths are never deleted."
+  - "Failures: a failed task's files are sent again at once with C(sync_level=checksum); if they fail
+    again they go out in tasks half as large, until a file fails in a task of its own, or is skipped by
+    Globus (O(skip_source_errors)), which counts against that file alone. Such a file waits
+    O(file_retry_backoff), doubled each time, and after O(max_file_failures) is quarantined: it stays
+    pending, is reported in RV(quarantined) and a warning, and every other file goes on. A file renamed or
+    deleted between the scan and its transfer fails its task; the next scan forgets it, and the other files
+    of the task are sent again."
+  - Files skipped with O(skip_source_errors) are never marked sent; they stay pending and are tried again.
+  - A destination added later is sent every file; the others are not sent again what they hold. A
+    destination removed stops counting, so files every remaining destination holds are done.
   - The C(filter_rules) and C(delete_destination_extra) options of M(scidata.replication.globus_transfer)
     only act on recursive items; this module sends one item per file, so O(include)/O(exclude) and
     O(delete_destination) take their place.
@@ -480,6 +506,8 @@ def job_config(params):
     if src_dir and os.path.dirname(index_path).startswith(src_dir.rstrip("/") + "/"):
         rel = os.path.relpath(index_path, src_dir)
         skip_rel = [rel, rel + "-journal", rel + "-wal", rel + "-shm"]
+        if os.path.dirname(rel):
+            skip_rel.append(os.path.dirname(rel))  # the index directory is not replicated either
     config = dict(job=params["job"], src_dir=src_dir, index_path=index_path, source_collection=params["source_collection"],
                   source_path=params["source_path"], destinations=params["destinations"] or [],
                   include=params["include"], exclude=params["exclude"], items_per_task=params["items_per_task"],
@@ -522,6 +550,9 @@ def mark(module, config):
     params = module.params
     started = time.time()
     as_of_ns = _pathindex.parse_as_of(params["as_of"])
+    if params["subpath"] and not os.path.lexists(os.path.join(config["src_dir"], params["subpath"])):
+        raise ConfigError("subpath %s does not exist in src_dir %s: nothing was changed"
+                          % (params["subpath"], config["src_dir"]))
     db = module.state()
     with _pathindex.opened_index(config["index_path"], params["compare"], params["hash_algorithm"],
                                  module.check_mode) as index:
