@@ -139,3 +139,24 @@ def test_a_file_that_keeps_failing_is_quarantined_and_the_rest_replicated(ansibl
     done = run(ansible, emulator, args)
     assert done["pending"] == 0 and done["quarantined"]["count"] == 0
     assert read(os.path.join(job["dst"], "out", "other.dat")) == b"fixed"
+
+
+def test_index_inside_the_tree_special_files_and_a_marking_of_a_missing_path(ansible, emulator, job, tmp_path):
+    root = job["root"]
+    args = dict(job["args"], index_dir=os.path.join(root, ".index"))
+    os.mkfifo(os.path.join(root, "out", "pipe"))
+    first, output = ansible.run(MODULE, args, extra_env=client_env(emulator), verbosity=1)
+    assert not first.get("failed"), output[-3000:]
+    emulator.wait_idle()
+    assert any("not regular files" in w and "out/pipe" in w for w in first["warnings"])
+    run(ansible, emulator, args)
+    assert sorted(os.listdir(job["dst"])) == ["out"]  # no .index directory replicated
+    assert sorted(os.listdir(os.path.join(job["dst"], "out"))) == ["other.dat", "result.dat"]
+    index = _pathindex.index_path(os.path.join(root, ".index"), job["name"])
+    before = os.stat(index).st_mtime_ns
+    marked, _output = ansible.run(MODULE, {"job": job["name"], "state": "marked", "src_dir": root,
+                                           "index_dir": os.path.join(root, ".index"), "subpath": "nowhere",
+                                           "as_of": 0, "state_db": args["state_db"]},
+                                  extra_env=client_env(emulator))
+    assert marked["failed"] and "subpath nowhere does not exist" in marked["msg"]
+    assert os.stat(index).st_mtime_ns == before

@@ -252,3 +252,26 @@ def test_a_check_run_scanning_leaves_the_state_database_to_real_runs(emulator, c
         assert planned["counts"]["unchanged"] == 1 and planned["tasks"] == [] and planned["changed"] is False
     finally:
         job.close()
+
+
+def test_the_first_run_after_a_reset_repairs_a_replica_whose_mtime_looks_current(emulator, client, tmp_path):
+    job = Replication(emulator, str(tmp_path), client)
+    try:
+        source = os.path.join(job.src, "f")
+        with open(source, "wb") as handle:
+            handle.write(b"good")
+        job.touch(source)
+        job.converge()
+        replica = os.path.join(job.destinations[0][2], "f")
+        with open(replica, "wb") as handle:
+            handle.write(b"bad!")  # same size, and the mtime the source has
+        stamp = os.stat(source).st_mtime_ns
+        os.utime(replica, ns=(stamp, stamp))
+        assert _pathindex.remove_index(job.index_path)
+        resent = job.run(wait=True)
+        assert [t["sync_level"] for t in resent["tasks"]] == ["checksum"]
+        job.converge()
+        with open(replica, "rb") as handle:
+            assert handle.read() == b"good"
+    finally:
+        job.close()

@@ -261,3 +261,13 @@ def test_a_skipped_file_is_not_marked_sent_and_counts_against_itself(index, src)
     assert count == 1 and sample[0] == dict(path="locked", attempts=3, reason="skipped: PERMISSION_DENIED")
     assert index.mark(0, "locked", root=src)[2] is True  # the documented way out
     assert paths(index.candidates(ids[0], 10, now=1000.0)) == ["locked"]
+
+
+def test_a_forced_resend_by_marking_compares_by_checksum(index, src):
+    ids, _added = index.set_destinations([A])
+    write(src, "f", b"1")
+    index.scan(src, gone_dests=ids)
+    index.settle(send(index, ids[0], "t1"), "SUCCEEDED", ids)
+    assert index.mark(0, None, root=src)[1] == 1
+    (entry,) = index.candidates(ids[0], 10)
+    assert entry["st"] & _pathindex.RETRY  # sync_level=checksum: a replica with a current mtime is repaired
