@@ -2009,8 +2009,8 @@ class DirTrieSync(object):
                     "notify_on_inactive": options["notify_on_inactive"],
                     "DATA": [{"DATA_TYPE": "delete_item", "path": join_path(destination["path"], p)} for p in paths],
                 }
-                report = dict(destination_collection=destination["collection"], items=len(paths),
-                              paths=[printable(p) for p in paths[:config["sample_size"]]])
+                report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
+                              items=len(paths), paths=[printable(p) for p in paths[:config["sample_size"]]])
                 if self.check_mode:
                     self._fake += 1
                     self.index.record_submission("check-mode-%d" % self._fake, dest_id, "delete", gone=paths)
@@ -2030,6 +2030,26 @@ class DirTrieSync(object):
                                            settled=result["settled"], in_flight=result["in_flight"],
                                            quarantined=result["quarantined"],
                                            changed=result["changed"], scan_seconds=result["scan_seconds"]))
+
+
+def planned_diff(tasks, deletes, limit):
+    """--diff: per destination, up to ``limit`` paths the run sends (+) and deletes (-), then how
+    many more."""
+    per_dest = collections.OrderedDict()
+    for sign, reports in (("+", tasks), ("-", deletes)):
+        for report in reports:
+            lines = per_dest.setdefault((report["destination_collection"], report["destination_path"]),
+                                        collections.OrderedDict((("+", [[], 0]), ("-", [[], 0]))))[sign]
+            lines[1] += report["items"]
+            lines[0].extend(report["paths"][:max(limit - len(lines[0]), 0)])
+    text = []
+    for (collection, path), signs in per_dest.items():
+        text.append("%s:%s" % (collection, path))
+        for sign, (paths, total) in signs.items():
+            text.extend("%s %s" % (sign, p) for p in paths)
+            if total > len(paths):
+                text.append("%s ... and %d more" % (sign, total - len(paths)))
+    return "\n".join(text) + "\n" if text else ""
 
 
 def task_groups(files, needs_checksum):

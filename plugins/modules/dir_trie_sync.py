@@ -47,7 +47,10 @@ attributes:
         submitted, no directory is created, and neither the index file nor the state database is
         created or modified (the plan runs on a temporary copy of the index).
   diff_mode:
-    support: none
+    support: full
+    details:
+      - Returns C(diff.prepared), per destination up to O(sample_size) paths the run sends (V(+)) or
+        deletes (V(-)), with how many more.
   idempotent:
     support: full
     details:
@@ -445,6 +448,11 @@ deletes_pending:
   description: Destination deletes waiting to be submitted or to finish.
   returned: when O(state=present)
   type: int
+diff:
+  description: In diff mode, what the run sends and deletes per destination (bounded, see O(sample_size)).
+  returned: in diff mode, with O(state=present)
+  type: dict
+  sample: {prepared: "0d3a...:/replica\n+ run1/frame_00.h5\n+ ... and 41 more\n- old/frame.h5\n"}
 quarantined:
   description:
     - Files no longer sent after O(max_file_failures) failures of their own, with up to O(sample_size)
@@ -543,6 +551,9 @@ def sync(module):
                                         warn=module.warn).run()
     if preflight is not None:
         result["preflight"] = [dict(id=entry["id"], ready=entry["ready"]) for entry in preflight]
+    if module.diff_mode:
+        result["diff"] = dict(prepared=_pathindex.planned_diff(result["tasks"], result["deletes"],
+                                                              config["sample_size"]))
     return result
 
 

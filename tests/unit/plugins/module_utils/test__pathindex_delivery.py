@@ -271,3 +271,13 @@ def test_a_forced_resend_by_marking_compares_by_checksum(index, src):
     assert index.mark(0, None, root=src)[1] == 1
     (entry,) = index.candidates(ids[0], 10)
     assert entry["st"] & _pathindex.RETRY  # sync_level=checksum: a replica with a current mtime is repaired
+
+
+def test_the_diff_lists_what_is_sent_and_deleted_per_destination_bounded():
+    tasks = [dict(destination_collection="A", destination_path="/a", items=3, paths=["x", "y", "z"]),
+             dict(destination_collection="A", destination_path="/a", items=2, paths=["w", "v"]),
+             dict(destination_collection="B", destination_path="/b", items=1, paths=["x"])]
+    deletes = [dict(destination_collection="A", destination_path="/a", items=1, paths=["old/"])]
+    assert _pathindex.planned_diff(tasks, deletes, 4) == (
+        "A:/a\n+ x\n+ y\n+ z\n+ w\n+ ... and 1 more\n- old/\nB:/b\n+ x\n")
+    assert _pathindex.planned_diff([], [], 4) == ""
