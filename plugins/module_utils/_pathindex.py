@@ -23,8 +23,12 @@ Sparse side tables, empty when a tree is replicated:
                          task is POSTed; SUCCEEDED marks exactly those versions transferred, FAILED
                          leaves them pending;
 ``sent``                 the version the destinations hold of a CHANGED file;
-``delivered``            with several destinations, versions confirmed on some but not all;
-``gone``                 paths deleted from the source awaiting a delete task (delete_destination).
+``delivered``            with several destinations, versions confirmed on some but not all (also
+                         what the others hold when a destination is added);
+``gone``                 paths deleted from the source awaiting a delete task (delete_destination),
+                         each after the transfer that may still write it (``hold``); nothing is
+                         sent to or created on a destination at or below a path it must delete;
+``failures``             files whose tasks failed: retried in halves, backed off, quarantined.
 
 The scan walks directory by directory with ``os.scandir`` on directory file descriptors (one
 ``fstatat`` per file, no path resolution), holding only the current directory's entries and

@@ -45,7 +45,8 @@ attributes:
       - Scans and reports the counts of new, modified, deleted and unchanged files and empty
         directories with a sample of paths, and the tasks that would be submitted. Nothing is
         submitted, no directory is created, and neither the index file nor the state database is
-        created or modified (the plan runs on a temporary copy of the index).
+        created or modified (the plan runs on a temporary copy of the index). The tree is scanned before
+        the plan's first statement on the state database, so no real run waits for the scan of a plan.
   diff_mode:
     support: full
     details:
