@@ -55,7 +55,9 @@ def config_for(job, src_dir, index_path, destinations):
     return dict(job=job, src_dir=src_dir, index_path=index_path, source_collection=SRC, source_path="/" + job,
                 destinations=destinations, include=[], exclude=[], items_per_task=3, max_submissions_per_run=10,
                 max_active_tasks=3, label="{route} {date}", sample_size=20, delete_destination=True,
-                scan_workers=1, options=options, skip_rel=[])
+                scan_workers=1, options=options, skip_rel=[],
+                # Injected failures pass: no backoff, no quarantine (tested on their own), so runs converge.
+                max_file_failures=1000, file_retry_backoff=0)
 
 
 def nothing_pending(result):
