@@ -23,8 +23,12 @@ Sparse side tables, empty when a tree is replicated:
                          task is POSTed; SUCCEEDED marks exactly those versions transferred, FAILED
                          leaves them pending;
 ``sent``                 the version the destinations hold of a CHANGED file;
-``delivered``            with several destinations, versions confirmed on some but not all;
-``gone``                 paths deleted from the source awaiting a delete task (delete_destination).
+``delivered``            with several destinations, versions confirmed on some but not all (also
+                         what the others hold when a destination is added);
+``gone``                 paths deleted from the source awaiting a delete task (delete_destination),
+                         each after the transfer that may still write it (``hold``); nothing is
+                         sent to or created on a destination at or below a path it must delete;
+``failures``             files whose tasks failed: retried in halves, backed off, quarantined.
 
 The scan walks directory by directory with ``os.scandir`` on directory file descriptors (one
 ``fstatat`` per file, no path resolution), holding only the current directory's entries and
@@ -133,9 +137,27 @@ SCHEMA = [
     "CREATE INDEX inflight_sub ON inflight (sub)",
     "CREATE TABLE delivered (dir INTEGER NOT NULL, name TEXT NOT NULL, dest INTEGER NOT NULL, size INTEGER NOT NULL, "
     "mtime_ns INTEGER NOT NULL, hash BLOB, PRIMARY KEY (dir, name, dest)) WITHOUT ROWID",
-    "CREATE TABLE gone (path TEXT NOT NULL, dest INTEGER NOT NULL, sub INTEGER, PRIMARY KEY (path, dest)) WITHOUT ROWID",
+    # ``hold``: a transfer task to the same destination that may still write the path; the
+    # delete waits until it has finished.
+    "CREATE TABLE gone (path TEXT NOT NULL, dest INTEGER NOT NULL, sub INTEGER, hold INTEGER, "
+    "PRIMARY KEY (path, dest)) WITHOUT ROWID",
     "CREATE INDEX gone_sub ON gone (sub)",
 ]
+# Columns added to an existing index in place, with the statement that adds each.
+ADDED_COLUMNS = [("gone", "hold", "ALTER TABLE gone ADD COLUMN hold INTEGER")]
+# Tables added to an existing index in place.
+ADDED_TABLES = [
+    # Files whose tasks failed: ``attempts`` in all, ``alone`` in a task of their own or
+    # attributed to them (a skipped file), the size of their next task (``batch``: a failed task
+    # is split in halves from its second failure on), not before ``next_at``; ``alone`` >=
+    # max_file_failures quarantines the file.
+    "CREATE TABLE IF NOT EXISTS failures (dir INTEGER NOT NULL, name TEXT NOT NULL, attempts INTEGER NOT NULL, "
+    "alone INTEGER NOT NULL, batch INTEGER NOT NULL, next_at REAL NOT NULL, reason TEXT, PRIMARY KEY (dir, name)) "
+    "WITHOUT ROWID",
+]
+MAX_FILE_FAILURES = 3
+FILE_RETRY_BACKOFF = 300
+FILE_RETRY_BACKOFF_MAX = 86400
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -180,6 +202,19 @@ def is_utf8(name):
     except UnicodeEncodeError:
         return False
     return True
+
+
+def under_delete(deleting, rel):
+    """Whether the path ``rel`` (a file or a directory) is at or below one of the ``deleting`` paths
+    (files as ``a/f``, directories as ``a/``; a file may have become a directory or back)."""
+    if rel in deleting or rel + "/" in deleting:
+        return True
+    position = rel.find("/")
+    while position != -1:
+        if rel[:position] in deleting or rel[:position + 1] in deleting:
+            return True
+        position = rel.find("/", position + 1)
+    return False
 
 
 def parse_as_of(value, now=None):
@@ -695,6 +730,8 @@ class PathIndex(object):
         self._scan_state = None
         self._reader = None
         self.wal = False
+        self.max_file_failures = MAX_FILE_FAILURES
+        self.file_retry_backoff = FILE_RETRY_BACKOFF
 
     # -- connection -------------------------------------------------------------------------
     def open(self, wal=False):
@@ -720,6 +757,7 @@ class PathIndex(object):
             if version != INDEX_FORMAT:
                 raise StateError("the index %s has format %r; this collection reads format %d (state=reset "
                                  "starts a new one)" % (self.path, version, INDEX_FORMAT))
+            self._add_columns()
         except sqlite3.Error as exc:
             self.close()
             raise StateError("cannot open the index %s: %s" % (self.path, exc))
@@ -730,6 +768,13 @@ class PathIndex(object):
 
     def _has_schema(self):
         return bool(self.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0])
+
+    def _add_columns(self):
+        for table, column, statement in ADDED_COLUMNS:
+            if column not in [row[1] for row in self.conn.execute("PRAGMA table_info(%s)" % table)]:
+                self.conn.execute(statement)
+        for statement in ADDED_TABLES:
+            self.conn.execute(statement)
 
     def _create(self):
         with self.transaction():
@@ -814,10 +859,12 @@ class PathIndex(object):
                 self.set_meta("hash_algorithm", self.hash_algorithm)
 
     def set_destinations(self, destinations):
-        """Record the destinations; returns (ids in order, True when one was added to a known set).
+        """Record the destinations; returns (ids in order, ids of destinations added to a known set).
 
-        A destination added later has none of the files the others hold, so every file and empty
-        directory is offered again (Globus skips what a destination already has, per sync_level).
+        A destination added later is offered every file: the others keep what they hold (their
+        versions go to ``delivered``), so nothing is sent to them again. A destination removed
+        stops counting: its queued deletes are dropped, and a file every remaining destination
+        holds is done.
         """
         wanted = [(d["collection"], d["path"]) for d in destinations]
         if len(set(wanted)) != len(wanted):
@@ -825,25 +872,60 @@ class PathIndex(object):
         with self.transaction():
             active = dict(((r[1], r[2]), r[0]) for r in self.conn.execute(
                 "SELECT id, collection, path FROM dests WHERE active = 1"))
-            added = [key for key in wanted if key not in active]
-            for key, dest_id in active.items():
-                if key not in wanted:
-                    self.conn.execute("UPDATE dests SET active = 0 WHERE id = ?", (dest_id,))
-                    self.conn.execute("DELETE FROM delivered WHERE dest = ?", (dest_id,))
-            ids = []
+            removed = [dest_id for key, dest_id in active.items() if key not in wanted]
+            for dest_id in removed:
+                self.conn.execute("UPDATE dests SET active = 0 WHERE id = ?", (dest_id,))
+                self.conn.execute("DELETE FROM delivered WHERE dest = ?", (dest_id,))
+                self.conn.execute("DELETE FROM gone WHERE dest = ? AND sub IS NULL", (dest_id,))
+            kept = [active[key] for key in wanted if key in active]
+            ids, added = [], []
             for key in wanted:
                 if key in active:
                     ids.append(active[key])
                 else:
-                    ids.append(self.conn.execute("INSERT INTO dests (collection, path) VALUES (?, ?)", key).lastrowid)
-            reset = bool(added and active)
-            if reset:
-                self.conn.execute("UPDATE dirs SET sts = zeroblob(length(sts)), pending = length(sts) "
-                                  "WHERE sts IS NOT NULL")
+                    added.append(self.conn.execute("INSERT INTO dests (collection, path) VALUES (?, ?)", key).lastrowid)
+                    ids.append(added[-1])
+            if added and kept:
+                self._hold_for(kept)
                 self.conn.execute("UPDATE dirs SET sent = 0 WHERE sent != 0")
-                self.conn.execute("DELETE FROM sent")
-                self.conn.execute("DELETE FROM delivered")
-        return ids, reset
+            elif removed and kept:
+                self._complete_delivered(kept)
+        return ids, added if kept else []
+
+    def _hold_for(self, dest_ids):
+        """Files every destination in ``dest_ids`` holds become pending, recorded as delivered to
+        those destinations: only a destination that lacks them is offered them."""
+        for dir_id, in self.conn.execute("SELECT id FROM dirs WHERE sts IS NOT NULL AND length(sts) > 0").fetchall():
+            packed = self.load(dir_id)
+            rows = []
+            for position, name in enumerate(packed.names):
+                if packed.sts[position] == SYNCED:
+                    packed.sts[position] = NEW
+                    rows.extend((dir_id, name, dest, packed.sizes[position], packed.mtimes[position],
+                                 packed.digest(position)) for dest in dest_ids)
+            if rows:
+                self.conn.executemany("INSERT INTO delivered (dir, name, dest, size, mtime_ns, hash) VALUES "
+                                      "(?, ?, ?, ?, ?, ?) ON CONFLICT (dir, name, dest) DO NOTHING", rows)
+                self.store_states(dir_id, packed)
+
+    def _complete_delivered(self, dest_ids):
+        """Files every destination in ``dest_ids`` holds in their current version are done."""
+        for dir_id, in self.conn.execute("SELECT DISTINCT dir FROM delivered").fetchall():
+            packed = self.load(dir_id)
+            positions = dict(zip(packed.names, range(len(packed.names))))
+            holders = collections.defaultdict(set)
+            for name, dest, size, mtime_ns in self.conn.execute(
+                    "SELECT name, dest, size, mtime_ns FROM delivered WHERE dir = ?", (dir_id,)):
+                position = positions.get(name)
+                if position is not None and (size, mtime_ns) == (packed.sizes[position], packed.mtimes[position]):
+                    holders[name].add(dest)
+            done = [name for name, dests in holders.items() if dests.issuperset(dest_ids)]
+            for name in done:
+                packed.sts[positions[name]] = SYNCED
+                self.conn.execute("DELETE FROM delivered WHERE dir = ? AND name = ?", (dir_id, name))
+                self.conn.execute("DELETE FROM sent WHERE dir = ? AND name = ?", (dir_id, name))
+            if done:
+                self.store_states(dir_id, packed)
 
     # -- rows and paths -----------------------------------------------------------------------
     def load(self, dir_id):
@@ -917,7 +999,8 @@ class PathIndex(object):
         open_subs = self.conn.execute("SELECT count(*) FROM subs").fetchone()[0]
         empty_dirs = self.conn.execute(
             "SELECT count(*) FROM dirs INDEXED BY dirs_unsent_leaves WHERE leaf = 1 AND sent = 0").fetchone()[0]
-        deletes = self.conn.execute("SELECT count(*) FROM gone").fetchone()[0]
+        deletes = self.conn.execute(
+            "SELECT count(*) FROM gone WHERE dest IN (SELECT id FROM dests WHERE active = 1)").fetchone()[0]
         return dict(pending=pending, in_flight=in_flight, open_tasks=open_subs, empty_dirs_pending=empty_dirs,
                     deletes_pending=deletes)
 
@@ -951,6 +1034,9 @@ class PathIndex(object):
                 has_side=any(self.conn.execute("SELECT 1 FROM %s LIMIT 1" % t).fetchone()
                              for t in ("sent", "delivered")),
                 has_gone=self.conn.execute("SELECT 1 FROM gone WHERE sub IS NULL LIMIT 1").fetchone() is not None,
+                has_inflight=self.conn.execute("SELECT 1 FROM inflight LIMIT 1").fetchone() is not None,
+                has_failures=self.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None,
+                new_state=NEW | RETRY if self.meta("resend_by_checksum") else NEW,
             )
             with self.transaction():
                 self._pending_writes = 0
@@ -962,6 +1048,7 @@ class PathIndex(object):
                     self._walk(root_fd, "", children)
                 else:
                     self._scan_with_workers(pool, root_fd, children, workers * subtrees_per_worker)
+                self.conn.execute("DELETE FROM meta WHERE key = 'resend_by_checksum'")
         except BaseException:
             if pool is not None:
                 pool.close(kill=True)
@@ -1160,6 +1247,9 @@ class PathIndex(object):
                     state["has_side"] = True
             if st != SYNCED and not same_version(compare, current, previous):
                 report.modified.add(rel + "/" + name if rel else name)
+            if state["has_failures"]:
+                # A new version starts its failure count over.
+                conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
             updates[position] = (size, mtime_ns, st, digest)
         removed = set(vanished.values())
         removed.update(dropped)
@@ -1176,31 +1266,36 @@ class PathIndex(object):
         entries = [(name,) + updates[i] if i in updates else
                    (name, packed.sizes[i], packed.mtimes[i], sts[i], packed.digest(i))
                    for i, name in enumerate(names) if i not in removed]
-        new_paths = []
+        returned = set()
+        if added and state["has_gone"]:
+            # A path that comes back before its delete was submitted is not deleted; the destination
+            # may hold the older file with a newer mtime, so it is sent with sync_level=checksum.
+            for start in range(0, len(added), QUERY_CHUNK):
+                chunk = [rel + "/" + name if rel else name for name, _size, _mtime in added[start:start + QUERY_CHUNK]]
+                returned.update(row[0] for row in conn.execute(
+                    "SELECT path FROM gone WHERE sub IS NULL AND path IN (%s)" % ",".join("?" * len(chunk)), chunk))
+            conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in returned])
         for name, size, mtime_ns in added:
             digest = self._hash(dir_fd, name, rel, report)
             if digest is False:
                 continue
-            entries.append((name, size, mtime_ns, NEW, digest))
-            new_paths.append(rel + "/" + name if rel else name)
-            report.new.add(new_paths[-1])
+            path = rel + "/" + name if rel else name
+            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else state["new_state"], digest))
+            report.new.add(path)
         self.store(dir_id, entries)
-        if new_paths and state["has_gone"]:
-            # A path that comes back before its delete was submitted must not be deleted.
-            conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in new_paths])
         if removed:
-            gone = []
             for name, position in vanished.items():
                 path = rel + "/" + name if rel else name
                 report.deleted.add(path)
-                if sts[position] & 3 != NEW:
-                    gone.extend((path, dest) for dest in state["gone_dests"])
-            if gone:
-                conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING", gone)
-            if state["has_side"]:
-                keys = [(dir_id, names[position]) for position in removed]
-                conn.executemany("DELETE FROM sent WHERE dir = ? AND name = ?", keys)
-                conn.executemany("DELETE FROM delivered WHERE dir = ? AND name = ?", keys)
+                if state["gone_dests"]:
+                    holds = self._open_transfers([dir_id], name) if state["has_inflight"] else {}
+                    if sts[position] & 3 != NEW or holds or (state["has_side"] and self._delivered([dir_id], name)):
+                        self._queue_delete(path, state["gone_dests"], holds)
+            keys = [(dir_id, names[position]) for position in removed]
+            tables = (("sent", "delivered") if state["has_side"] else ()) + (
+                ("failures",) if state["has_failures"] else ())
+            for table in tables:
+                conn.executemany("DELETE FROM %s WHERE dir = ? AND name = ?" % table, keys)
         return len(updates) + len(added) + len(removed)
 
     def _delete_subtree(self, dir_id, rel, state, record):
@@ -1208,7 +1303,10 @@ class PathIndex(object):
         report = state["report"]
         ids = self.subtree(dir_id)
         count = 0
-        sent_any = False
+        # A directory that vanished is deleted on every destination: one added since it was sent
+        # there may hold it, or an empty directory created there; a task still writing below it
+        # finishes first.
+        holds = self._open_transfers(ids) if record and state["gone_dests"] and state["has_inflight"] else {}
         for start in range(0, len(ids), QUERY_CHUNK):
             chunk = ids[start:start + QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -1216,7 +1314,6 @@ class PathIndex(object):
                 for sub_id, sts in self.conn.execute("SELECT id, sts FROM dirs WHERE id IN (%s)" % marks, chunk):
                     if not sts:
                         continue
-                    sent_any = sent_any or bytes(sts).count(NEW) != len(sts)
                     report.deleted.count += len(sts)
                     if len(report.deleted.paths) < report.deleted.limit:
                         for name in self.load(sub_id).names:
@@ -1225,16 +1322,45 @@ class PathIndex(object):
                                 break
             count += self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs WHERE id IN (%s)" % marks,
                                        chunk).fetchone()[0]
-            if state["has_side"]:
-                self.conn.execute("DELETE FROM sent WHERE dir IN (%s)" % marks, chunk)
-                self.conn.execute("DELETE FROM delivered WHERE dir IN (%s)" % marks, chunk)
+            tables = (("sent", "delivered") if state["has_side"] else ()) + (
+                ("failures",) if state["has_failures"] else ())
+            for table in tables:
+                self.conn.execute("DELETE FROM %s WHERE dir IN (%s)" % (table, marks), chunk)
             self.conn.execute("DELETE FROM dirs WHERE id IN (%s)" % marks, chunk)
-        if record and state["gone_dests"] and sent_any:
-            self.conn.executemany("INSERT INTO gone (path, dest) VALUES (?, ?) ON CONFLICT (path, dest) DO NOTHING",
-                                  [(rel + "/", dest) for dest in state["gone_dests"]])
+        if record and state["gone_dests"]:
+            self._queue_delete(rel + "/", state["gone_dests"], holds)
         for removed_id in ids:
             self._dir_paths.pop(removed_id, None)
         return count + len(ids)
+
+    def _open_transfers(self, dir_ids, name=None):
+        """{destination: newest open transfer task carrying a file of ``dir_ids`` (or the file ``name``)}."""
+        holds = {}
+        for start in range(0, len(dir_ids), QUERY_CHUNK):
+            chunk = dir_ids[start:start + QUERY_CHUNK]
+            where = "i.dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND i.name = ?" if name is not None else "")
+            for dest, sub in self.conn.execute(
+                    "SELECT s.dest, max(s.id) FROM inflight AS i JOIN subs AS s ON s.id = i.sub WHERE %s "
+                    "GROUP BY s.dest" % where, chunk + ([name] if name is not None else [])):
+                holds[dest] = max(sub, holds.get(dest, 0))
+        return holds
+
+    def _delivered(self, dir_ids, name=None):
+        """Whether a version of a file of ``dir_ids`` (or of the file ``name``) reached some destination."""
+        for start in range(0, len(dir_ids), QUERY_CHUNK):
+            chunk = dir_ids[start:start + QUERY_CHUNK]
+            where = "dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND name = ?" if name is not None else "")
+            if self.conn.execute("SELECT 1 FROM delivered WHERE %s LIMIT 1" % where,
+                                 chunk + ([name] if name is not None else [])).fetchone():
+                return True
+        return False
+
+    def _queue_delete(self, path, dest_ids, holds):
+        """Queue the delete of ``path`` on each destination, after the transfer that may still write it there."""
+        self.conn.executemany(
+            "INSERT INTO gone (path, dest, hold) VALUES (?, ?, ?) ON CONFLICT (path, dest) DO UPDATE SET "
+            "hold = excluded.hold WHERE excluded.hold IS NOT NULL",
+            [(path, dest, holds.get(dest)) for dest in dest_ids])
 
     # -- set_time ---------------------------------------------------------------------------
     def mark(self, as_of_ns, subpath=None, root=None):
@@ -1260,7 +1386,8 @@ class PathIndex(object):
                         packed.sts[position] = SYNCED
                         transferred += 1
                     else:
-                        packed.sts[position] = NEW
+                        # A forced resend: compared by checksum, so a corrupt replica is repaired.
+                        packed.sts[position] = NEW | RETRY
                         later += 1
                 if bytes(packed.sts) != before:
                     changed += 1
@@ -1269,7 +1396,7 @@ class PathIndex(object):
                 chunk = ids[start:start + QUERY_CHUNK]
                 where = "dir IN (%s)" % ",".join("?" * len(chunk)) + (" AND name = ?" if only is not None else "")
                 params = chunk + ([only] if only is not None else [])
-                for table in ("sent", "delivered"):
+                for table in ("sent", "delivered", "failures"):
                     changed += self.conn.execute("DELETE FROM %s WHERE %s" % (table, where), params).rowcount
             if only is None:
                 for start in range(0, len(ids), QUERY_CHUNK):
@@ -1291,31 +1418,46 @@ class PathIndex(object):
         return transferred, later, bool(changed)
 
     # -- submissions ------------------------------------------------------------------------
-    def candidates(self, dest_id, limit):
-        """Files the destination still needs, not carried by an open task to it: up to ``limit``.
-        Each is a dict with dir, name, path, size, mtime_ns, hash, st and sent (a version or None)."""
+    def candidates(self, dest_id, limit, now=None):
+        """Files the destination still needs, not carried by an open task to it, not quarantined nor
+        waiting for their retry time: up to ``limit``. Each is a dict with dir, name, path, size,
+        mtime_ns, hash, st, sent (a version or None) and batch (the size of its next task, or None)."""
+        now = time.time() if now is None else now
         result = []
+        deleting = self.deleting(dest_id)
+        has_failures = self.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone() is not None
         for dir_id, in self.conn.execute(
                 "SELECT id FROM dirs INDEXED BY dirs_pending WHERE pending > 0 ORDER BY id").fetchall():
             rel = self.dir_path(dir_id)
-            if rel is None:
+            if rel is None or (deleting and rel and under_delete(deleting, rel)):
                 continue
             packed = self.load(dir_id)
             busy = set(row[0] for row in self.conn.execute(
                 "SELECT i.name FROM inflight AS i JOIN subs AS s ON s.id = i.sub WHERE i.dir = ? AND s.dest = ?",
                 (dir_id, dest_id)))
-            held = dict((row[0], (row[1], row[2])) for row in self.conn.execute(
-                "SELECT name, size, mtime_ns FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
+            held = dict((row[0], (row[1], row[2], row[3])) for row in self.conn.execute(
+                "SELECT name, size, mtime_ns, hash FROM delivered WHERE dir = ? AND dest = ?", (dir_id, dest_id)))
+            failed = dict((row[0], row[1:]) for row in self.conn.execute(
+                "SELECT name, alone, batch, next_at FROM failures WHERE dir = ?", (dir_id,))) if has_failures else {}
             for position, name in enumerate(packed.names):
                 st = packed.sts[position]
                 if st == SYNCED or name in busy:
                     continue
-                size, mtime_ns = packed.sizes[position], packed.mtimes[position]
-                if held.get(name) == (size, mtime_ns):
+                if deleting and under_delete(deleting, rel + "/" + name if rel else name):
                     continue
+                size, mtime_ns = packed.sizes[position], packed.mtimes[position]
+                there = held.get(name)
+                if there is not None and there[:2] == (size, mtime_ns):
+                    continue
+                failure = failed.get(name)
+                if failure is not None and (failure[0] >= self.max_file_failures or failure[2] > now):
+                    continue
+                if there is None and st & 3 == CHANGED:
+                    there = self.sent_version(dir_id, name)
+                # ``sent``: the older version the destination holds, if any (it decides the sync level).
                 result.append(dict(dir=dir_id, name=name, path=rel + "/" + name if rel else name, size=size,
-                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st,
-                                   sent=self.sent_version(dir_id, name) if st & 3 == CHANGED else None))
+                                   mtime_ns=mtime_ns, hash=packed.digest(position), st=st, sent=there,
+                                   batch=None if failure is None else failure[1]))
                 if len(result) >= limit:
                     return result
         return result
@@ -1339,12 +1481,15 @@ class PathIndex(object):
     def open_tasks_per_dest(self):
         return dict(self.conn.execute("SELECT dest, count(*) FROM subs GROUP BY dest").fetchall())
 
-    def settle(self, sub, status, dest_ids, skipped_paths=()):
+    def settle(self, sub, status, dest_ids, skipped=None, reason=None, now=None):
         """Apply a finished task: SUCCEEDED marks exactly the versions it carried as transferred
         to its destination (and everywhere once every destination has them), FAILED leaves them
-        pending with RETRY set. ``skipped_paths`` (source errors skipped by Globus) stay pending.
-        Returns the number of files confirmed, or to retry."""
+        pending with RETRY set and counts a failure for each (``reason``: the task's error).
+        ``skipped`` ({relative path: reason}, source errors Globus skipped) stay pending too, with
+        a failure counted against them alone. Returns the number of files confirmed, or to retry."""
         conn = self.conn
+        now = time.time() if now is None else now
+        skipped = skipped or {}
         count = 0
         with self.transaction():
             if sub["kind"] == "delete":
@@ -1357,6 +1502,7 @@ class PathIndex(object):
                 active = sub["dest"] in dest_ids
                 rows = conn.execute("SELECT dir, name, size, mtime_ns, hash FROM inflight WHERE sub = ? ORDER BY dir",
                                     (sub["id"],)).fetchall()
+                failures = []
                 start = 0
                 while start < len(rows):
                     dir_id = rows[start][0]
@@ -1370,21 +1516,56 @@ class PathIndex(object):
                         position = positions.get(name)
                         if position is None or packed.sts[position] == SYNCED:
                             continue
-                        if status == "FAILED":
+                        why = skipped.get(self.file_path(dir_id, name)) if skipped else None
+                        if status == "FAILED" or why is not None:
                             packed.sts[position] |= RETRY
                             touched = True
-                            count += 1
-                        elif active and not (skipped_paths and self.file_path(dir_id, name) in skipped_paths):
+                            if status == "FAILED":
+                                count += 1
+                            failures.append((dir_id, name, why or reason, why is not None or len(rows) == 1))
+                        elif active:
                             if self._deliver(packed, position, dir_id, name, sub["dest"], (size, mtime_ns, digest),
                                              others):
                                 touched = True
                                 count += 1
+                            conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
                     if touched:
                         self.store_states(dir_id, packed)
                     start = end
+                self._count_failures(failures, len(rows), now)
             conn.execute("DELETE FROM inflight WHERE sub = ?", (sub["id"],))
             conn.execute("DELETE FROM subs WHERE id = ?", (sub["id"],))
         return count
+
+    def _count_failures(self, failures, task_size, now):
+        """One more failure for each (dir, name, reason, alone). The first is taken for a passing
+        fault: the task's files go out again at once, as they were. A file failing again goes out in
+        tasks half as large, and one failing on its own waits, with exponential backoff."""
+        rows = []
+        for dir_id, name, reason, alone in failures:
+            before = self.conn.execute("SELECT attempts, alone FROM failures WHERE dir = ? AND name = ?",
+                                       (dir_id, name)).fetchone() or (0, 0)
+            times = before[1] + int(alone)
+            wait = min(FILE_RETRY_BACKOFF_MAX, self.file_retry_backoff * 2 ** (times - 2)) if times > 1 else 0
+            batch = task_size if not before[0] else max(1, task_size // 2)
+            rows.append((dir_id, name, int(alone), batch, now + wait, reason))
+        self.conn.executemany(
+            "INSERT INTO failures (dir, name, attempts, alone, batch, next_at, reason) VALUES (?, ?, 1, ?, ?, ?, ?) "
+            "ON CONFLICT (dir, name) DO UPDATE SET attempts = attempts + 1, alone = alone + excluded.alone, "
+            "batch = min(batch, excluded.batch), next_at = excluded.next_at, reason = excluded.reason", rows)
+
+    def quarantined(self, limit):
+        """(count, up to ``limit`` dicts of path, attempts, reason) of the files no longer sent."""
+        count = self.conn.execute("SELECT count(*) FROM failures WHERE alone >= ?",
+                                  (self.max_file_failures,)).fetchone()[0]
+        sample = []
+        for dir_id, name, attempts, reason in self.conn.execute(
+                "SELECT dir, name, attempts, reason FROM failures WHERE alone >= ? ORDER BY dir, name LIMIT ?",
+                (self.max_file_failures, int(limit))):
+            path = self.file_path(dir_id, name)
+            if path is not None:
+                sample.append(dict(path=printable(path), attempts=attempts, reason=reason))
+        return count, sample
 
     def _deliver(self, packed, position, dir_id, name, dest_id, version, others):
         conn = self.conn
@@ -1427,8 +1608,15 @@ class PathIndex(object):
             self.conn.execute("UPDATE dirs SET sent = 1 WHERE id = ?", (dir_id,))
 
     def gone_paths(self, dest_id, limit):
+        """Paths to delete on the destination now: not in a delete task yet, no transfer still writing them."""
         return [row[0] for row in self.conn.execute(
-            "SELECT path FROM gone WHERE dest = ? AND sub IS NULL ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+            "SELECT path FROM gone WHERE dest = ? AND sub IS NULL AND (hold IS NULL OR hold NOT IN (SELECT id FROM subs)) "
+            "ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+
+    def deleting(self, dest_id):
+        """Paths the destination must delete first (queued or in a running delete task): nothing at
+        or below them is sent or created there until that delete has finished."""
+        return set(row[0] for row in self.conn.execute("SELECT path FROM gone WHERE dest = ?", (dest_id,)))
 
 
 # -- check mode: the same statements on a throwaway copy -----------------------------------------
@@ -1521,6 +1709,8 @@ class DirTrieSync(object):
         self.check_mode = check_mode
         self.warn = warn or (lambda message: None)
         self.job = config["job"]
+        index.max_file_failures = config.get("max_file_failures", MAX_FILE_FAILURES)
+        index.file_retry_backoff = config.get("file_retry_backoff", FILE_RETRY_BACKOFF)
         self.dest_ids = []
         self.destinations = {}
         self._fake = 0
@@ -1528,22 +1718,30 @@ class DirTrieSync(object):
     def run(self):
         config, index = self.config, self.index
         now = time.time()
+        if index.meta("src_dir") is None and self.db.query_one("SELECT 1 AS known FROM sync_jobs WHERE name = ?",
+                                                              (self.job,)):
+            # A new index for a job that ran before (state=reset, or a lost index): destinations may
+            # hold any version, so the first scan's files go with sync_level=checksum.
+            with index.transaction():
+                index.set_meta("resend_by_checksum", 1)
         index.bind(self.job, config["src_dir"])
-        self.dest_ids, reset = index.set_destinations(config["destinations"])
+        self.dest_ids, added = index.set_destinations(config["destinations"])
         self.destinations = dict(zip(self.dest_ids, config["destinations"]))
-        if reset:
-            self.warn("a destination was added: every file and empty directory is offered again (Globus skips what "
-                      "a destination already holds, per sync_level)")
+        if added:
+            self.warn("%d destinations were added: every file is sent to them, not again to the others"
+                      % len(added))
         if self.check_mode:
+            # The state database's check-mode transaction holds a write lock from its first write
+            # until the run ends: scan first, so no real run waits for the scan of a plan.
             resubmitted = [dict(submission_id=s) for s in unconfirmed_submissions(self.db, self.job)]
+            scan = self.scan()
+            refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
+            settled = self.settle()
         else:
             resubmitted = resubmit_unconfirmed(self.db, self.client, self.job)
-        refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
-        settled = self.settle()
-        scan = index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
-                          sample_size=config["sample_size"],
-                          gone_dests=self.dest_ids if config["delete_destination"] else (),
-                          skip_rel=config.get("skip_rel", ()), workers=config.get("scan_workers", 1))
+            refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
+            settled = self.settle()
+            scan = self.scan()
         counts, samples = scan.as_dict()
         if not self.check_mode:
             index.compact()  # free pages only: not a change anyone asked for
@@ -1552,11 +1750,18 @@ class DirTrieSync(object):
         deletes = self.submit_deletes() if config["delete_destination"] else []
         state = index.counts()
         for kind, warning in (("symlinks", "are symbolic links: not followed, not sent"),
+                              ("special", "are not regular files (FIFOs, sockets, devices): not sent"),
                               ("skipped", "have names that are not valid UTF-8, which Globus paths cannot express: "
                                           "skipped"),
                               ("unreadable", "could not be read: their index entries are kept as they were")):
             if counts[kind]:
                 self.warn("%d paths %s: %s" % (counts[kind], warning, ", ".join(samples[kind])))
+        quarantined, failed_files = index.quarantined(config["sample_size"])
+        if quarantined:
+            self.warn("%d files failed %d times in a task of their own and are no longer sent until they change "
+                      "(or state=marked with an earlier as_of resets them): %s" % (
+                          quarantined, index.max_file_failures,
+                          "; ".join("%s (%s)" % (f["path"], f["reason"]) for f in failed_files)))
         changed = bool(scan.index_changed or tasks or deletes or directories["created"]
                        or (resubmitted and not self.check_mode))
         result = dict(
@@ -1567,10 +1772,17 @@ class DirTrieSync(object):
             resubmitted=resubmitted, tasks=tasks, reason=reason, directories_created=directories["created"],
             directory_errors=directories["errors"],
             deletes=deletes, pending=state["pending"], in_flight=state["in_flight"], open_tasks=state["open_tasks"],
-            deletes_pending=state["deletes_pending"],
+            deletes_pending=state["deletes_pending"], quarantined=dict(count=quarantined, files=failed_files),
         )
         self.record_job(now, scan, result)
         return result
+
+    def scan(self):
+        config = self.config
+        return self.index.scan(config["src_dir"], include=config["include"], exclude=config["exclude"],
+                               sample_size=config["sample_size"],
+                               gone_dests=self.dest_ids if config["delete_destination"] else (),
+                               skip_rel=config.get("skip_rel", ()), workers=config.get("scan_workers", 1))
 
     def index_report(self):
         path = self.config["index_path"]
@@ -1585,7 +1797,8 @@ class DirTrieSync(object):
         ids = [s["submission_id"] for s in subs]
         for start in range(0, len(ids), QUERY_CHUNK):
             chunk = ids[start:start + QUERY_CHUNK]
-            for row in self.db.query("SELECT submission_id, task_id, status, request FROM globus_tasks WHERE "
+            for row in self.db.query("SELECT submission_id, task_id, status, nice_status, fatal_error, request "
+                                     "FROM globus_tasks WHERE "
                                      "submission_id IN (%s)" % ", ".join("?" * len(chunk)), chunk):
                 rows[row["submission_id"]] = row
         for sub in subs:
@@ -1597,10 +1810,10 @@ class DirTrieSync(object):
                 continue
             if row["status"] not in ("SUCCEEDED", "FAILED"):
                 continue
-            skipped = ()
+            skipped = None
             if row["status"] == "SUCCEEDED" and sub["kind"] == "transfer" and row["task_id"]:
                 skipped = self.skipped_paths(row)
-            count = self.index.settle(sub, row["status"], self.dest_ids, skipped)
+            count = self.index.settle(sub, row["status"], self.dest_ids, skipped, reason=failure_reason(row))
             if row["status"] == "SUCCEEDED":
                 summary["succeeded"] += 1
                 summary["files_transferred"] += count if sub["kind"] == "transfer" else 0
@@ -1610,22 +1823,23 @@ class DirTrieSync(object):
         return summary
 
     def skipped_paths(self, row):
-        """Source files Globus skipped (skip_source_errors): relative paths that stay pending."""
+        """Source files Globus skipped (skip_source_errors): {relative path: reason}; they stay pending."""
         request = json.loads(row["request"])
         if not request.get("skip_source_errors"):
-            return ()
+            return None
         prefix = self.config["source_path"]
-        paths = set()
+        paths = {}
         for record in task_files(self.client, row["task_id"], "skipped_errors"):
             source = record.get("source_path") or ""
             rel = posixpath.relpath(source, prefix) if prefix not in ("", "/") else source.lstrip("/")
-            paths.add(rel)
+            paths[rel] = "skipped: %s %s" % (record.get("error_code") or "", record.get("error_details") or "")
         return paths
 
     # -- 3. empty directories -----------------------------------------------------------------
     def make_dirs(self):
         report = dict(created=0, pending=0, sample=[], errors=[])
         created = dict((dest_id, set()) for dest_id in self.dest_ids)
+        deleting = dict((dest_id, self.index.deleting(dest_id)) for dest_id in self.dest_ids)
         limit = self.config["sample_size"]
         for dir_id, rel in self.index.unsent_empty_dirs():
             if rel is None:
@@ -1637,6 +1851,9 @@ class DirTrieSync(object):
                 continue
             done = True
             for dest_id in self.dest_ids:
+                if rel and deleting[dest_id] and under_delete(deleting[dest_id], rel):
+                    done = False  # created once the delete of what was there before has finished
+                    continue
                 error = self._mkdir(dest_id, rel, created[dest_id])
                 if error:
                     done = False
@@ -1710,18 +1927,28 @@ class DirTrieSync(object):
                 if not files:
                     active.remove(dest_id)
                     continue
-                normal = [f for f in files if not self.needs_checksum(f)]
-                careful = [f for f in files if self.needs_checksum(f)]
-                for group, retry in ((normal, False), (careful, True)):
-                    if group and budget > 0 and slots[dest_id] > 0:
-                        tasks.append(self.submit_batch(dest_id, group, retry))
-                        budget -= 1
-                        slots[dest_id] -= 1
-        reason = None
-        if not tasks:
-            reason = "nothing to send" if not self.index.counts()["pending"] else (
-                "waiting for open tasks (max_active_tasks=%d per destination)" % config["max_active_tasks"])
-        return tasks, reason
+                for group, retry in task_groups(files, self.needs_checksum):
+                    if budget <= 0 or slots[dest_id] <= 0:
+                        break
+                    tasks.append(self.submit_batch(dest_id, group, retry))
+                    budget -= 1
+                    slots[dest_id] -= 1
+        return tasks, None if tasks else self.idle_reason(slots)
+
+    def idle_reason(self, slots):
+        """Why a run submitted nothing, as the index says it."""
+        counts = self.index.counts()
+        if not counts["pending"]:
+            return "nothing to send"
+        if any(slots[d] <= 0 for d in self.dest_ids):
+            return "waiting for open tasks (max_active_tasks=%d per destination)" % self.config["max_active_tasks"]
+        if counts["in_flight"]:
+            return "the pending files are in open tasks"
+        if counts["deletes_pending"]:
+            return "the pending files wait for deletes on the destination to finish"
+        if self.index.conn.execute("SELECT 1 FROM failures LIMIT 1").fetchone():
+            return "the pending files are quarantined or wait for their retry time after failures"
+        return "no pending file can be sent"
 
     def needs_checksum(self, entry):
         """Send with sync_level=checksum when Globus's own test would skip a real change: after a
@@ -1786,8 +2013,8 @@ class DirTrieSync(object):
                     "notify_on_inactive": options["notify_on_inactive"],
                     "DATA": [{"DATA_TYPE": "delete_item", "path": join_path(destination["path"], p)} for p in paths],
                 }
-                report = dict(destination_collection=destination["collection"], items=len(paths),
-                              paths=[printable(p) for p in paths[:config["sample_size"]]])
+                report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
+                              items=len(paths), paths=[printable(p) for p in paths[:config["sample_size"]]])
                 if self.check_mode:
                     self._fake += 1
                     self.index.record_submission("check-mode-%d" % self._fake, dest_id, "delete", gone=paths)
@@ -1805,7 +2032,51 @@ class DirTrieSync(object):
         record_job(self.db, self.job, self.config["src_dir"], started, time.time(), result["index"]["files"],
                    result["pending"], dict(counts=result["counts"], tasks=len(result["tasks"]),
                                            settled=result["settled"], in_flight=result["in_flight"],
+                                           quarantined=result["quarantined"],
                                            changed=result["changed"], scan_seconds=result["scan_seconds"]))
+
+
+def planned_diff(tasks, deletes, limit):
+    """--diff: per destination, up to ``limit`` paths the run sends (+) and deletes (-), then how
+    many more."""
+    per_dest = collections.OrderedDict()
+    for sign, reports in (("+", tasks), ("-", deletes)):
+        for report in reports:
+            lines = per_dest.setdefault((report["destination_collection"], report["destination_path"]),
+                                        collections.OrderedDict((("+", [[], 0]), ("-", [[], 0]))))[sign]
+            lines[1] += report["items"]
+            lines[0].extend(report["paths"][:max(limit - len(lines[0]), 0)])
+    text = []
+    for (collection, path), signs in per_dest.items():
+        text.append("%s:%s" % (collection, path))
+        for sign, (paths, total) in signs.items():
+            text.extend("%s %s" % (sign, p) for p in paths)
+            if total > len(paths):
+                text.append("%s ... and %d more" % (sign, total - len(paths)))
+    return "\n".join(text) + "\n" if text else ""
+
+
+def task_groups(files, needs_checksum):
+    """The tasks for ``files``: those that need no checksum together, then those that do, files
+    of a failed task in tasks no larger than their ``batch`` (a failed task is retried in halves)."""
+    normal = [f for f in files if not needs_checksum(f)]
+    careful = sorted((f for f in files if needs_checksum(f)), key=lambda f: f["batch"] or len(files))
+    groups = [(normal, False)] if normal else []
+    while careful:
+        size = careful[0]["batch"] or len(careful)
+        groups.append((careful[:size], True))
+        careful = careful[size:]
+    return groups
+
+
+def failure_reason(row):
+    """What a failed task's row says went wrong: its fatal error, else its nice_status."""
+    if row["status"] != "FAILED":
+        return None
+    if row["fatal_error"]:
+        fatal = json.loads(row["fatal_error"])
+        return "%s: %s" % (fatal.get("code"), fatal.get("description"))
+    return row["nice_status"] or "FAILED"
 
 
 def record_job(db, job, src_dir, run_at, scan_at, files_indexed, files_pending, summary):
@@ -1834,6 +2105,8 @@ def check_options(config):
     """Option combinations that cannot work, before anything is touched."""
     if config.get("items_per_task", 1) < 1:
         raise ConfigError("items_per_task must be at least 1")
+    if config.get("max_file_failures", 1) < 1 or config.get("file_retry_backoff", 0) < 0:
+        raise ConfigError("max_file_failures must be at least 1 and file_retry_backoff at least 0")
     for pattern in list(config.get("include") or []) + list(config.get("exclude") or []):
         if not pattern.strip("/"):
             raise ConfigError("an include/exclude pattern must not be empty")

@@ -45,9 +45,13 @@ attributes:
       - Scans and reports the counts of new, modified, deleted and unchanged files and empty
         directories with a sample of paths, and the tasks that would be submitted. Nothing is
         submitted, no directory is created, and neither the index file nor the state database is
-        created or modified (the plan runs on a temporary copy of the index).
+        created or modified (the plan runs on a temporary copy of the index). The tree is scanned before
+        the plan's first statement on the state database, so no real run waits for the scan of a plan.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - Returns C(diff.prepared), per destination up to O(sample_size) paths the run sends (V(+)) or
+        deletes (V(-)), with how many more.
   idempotent:
     support: full
     details:
@@ -103,6 +107,7 @@ options:
         keep it on a local file system.
       - Defaults to the directory of a SQLite O(state_db), or C(~/.local/state/scidata-replication) with
         a PostgreSQL one.
+      - An O(index_dir) inside O(src_dir) is left out of the replication, with everything in it.
     type: path
   compare:
     description:
@@ -110,6 +115,12 @@ options:
         V(mtime_size) modification times and sizes, V(hash) the O(hash_algorithm) digest of the contents.
       - V(hash) reads only the files whose size or modification time changed since the last scan; a file
         whose contents are the same is not sent again.
+      - "What each mode catches: V(mtime) any rewrite that moves the modification time (a rewrite that sets
+        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size;
+        V(hash) only changes of contents among the files whose size or modification time moved. None of
+        them reads a file whose size and modification time are both unchanged, so a same-size rewrite with
+        the modification time set back is not seen; O(state=marked) with an earlier O(as_of), or
+        O(state=reset), sends such files again, compared by checksum."
     type: str
     choices: [mtime, mtime_size, hash]
     default: mtime_size
@@ -163,6 +174,21 @@ options:
     description: Open tasks of the job allowed per destination.
     type: int
     default: 3
+  max_file_failures:
+    description:
+      - A file whose task fails is sent again at once in a task half as large, until it fails in a task
+        of its own (or is skipped by Globus with O(skip_source_errors)); after that many failures of its
+        own it is quarantined, no longer sent, and reported in RV(quarantined) and a warning, while every
+        other file goes on.
+      - A quarantined file is sent again when it changes, or after O(state=marked) with an earlier O(as_of).
+    type: int
+    default: 3
+  file_retry_backoff:
+    description:
+      - Seconds a file that failed in a task of its own waits before its next attempt, doubled after
+        each further failure (at most a day).
+    type: int
+    default: 300
   delete_destination:
     description:
       - Delete on every destination the files (and directories) that were sent and then deleted from the
@@ -192,7 +218,26 @@ options:
     type: str
     default: "{route} {date}"
 notes:
-  - Files skipped with O(skip_source_errors) stay pending and are tried again by the next run.
+  - "The invariant: after a run that reports nothing pending (RV(pending), RV(in_flight), RV(open_tasks),
+    RV(deletes_pending) and RV(counts.empty_dirs) all zero), every destination holds exactly the source's
+    regular files and directories, except symbolic links, special files, names that are not valid UTF-8
+    and excluded paths."
+  - "Deletions (O(delete_destination=true)): a file or directory that vanished from the source is deleted
+    on every destination that may hold it: one confirmed there, delivered to some destinations only, in a
+    task still running (the delete waits until that task ends), or an empty directory created there. A
+    path that comes back before its delete is submitted is not deleted and is sent again with
+    C(sync_level=checksum); one that comes back while its delete is submitted (or INACTIVE) is sent, and
+    nothing is created below it, only after that delete has finished. Excluded paths are never deleted."
+  - "Failures: a failed task's files are sent again at once with C(sync_level=checksum); if they fail
+    again they go out in tasks half as large, until a file fails in a task of its own, or is skipped by
+    Globus (O(skip_source_errors)), which counts against that file alone. Such a file waits
+    O(file_retry_backoff), doubled each time, and after O(max_file_failures) is quarantined: it stays
+    pending, is reported in RV(quarantined) and a warning, and every other file goes on. A file renamed or
+    deleted between the scan and its transfer fails its task; the next scan forgets it, and the other files
+    of the task are sent again."
+  - Files skipped with O(skip_source_errors) are never marked sent; they stay pending and are tried again.
+  - A destination added later is sent every file; the others are not sent again what they hold. A
+    destination removed stops counting, so files every remaining destination holds are done.
   - The C(filter_rules) and C(delete_destination_extra) options of M(scidata.replication.globus_transfer)
     only act on recursive items; this module sends one item per file, so O(include)/O(exclude) and
     O(delete_destination) take their place.
@@ -363,7 +408,10 @@ tasks:
        submission_id: 8a3f2a1e-0000-4000-8000-000000000001, task_id: 5a3f2a1e-0000-4000-8000-000000000001,
        code: Accepted}
 reason:
-  description: Why nothing was submitted, if so.
+  description:
+    - Why nothing was submitted, if so - nothing to send; waiting for open tasks (no free task slot);
+      the pending files are in open tasks; they wait for deletes on a destination to finish first; or
+      they are quarantined or wait for their retry time after failures.
   returned: when O(state=present)
   type: str
 resubmitted:
@@ -401,6 +449,26 @@ deletes_pending:
   description: Destination deletes waiting to be submitted or to finish.
   returned: when O(state=present)
   type: int
+diff:
+  description: In diff mode, what the run sends and deletes per destination (bounded, see O(sample_size)).
+  returned: in diff mode, with O(state=present)
+  type: dict
+  sample: {prepared: "0d3a...:/replica\n+ run1/frame_00.h5\n+ ... and 41 more\n- old/frame.h5\n"}
+quarantined:
+  description:
+    - Files no longer sent after O(max_file_failures) failures of their own, with up to O(sample_size)
+      of them, each with its path, its failed attempts and the reason the last failure gave.
+  returned: when O(state=present)
+  type: dict
+  sample: {count: 1, files: [{path: "run1/locked.h5", attempts: 7, reason: "skipped: PERMISSION_DENIED ..."}]}
+  contains:
+    count:
+      description: How many files are quarantined.
+      type: int
+    files:
+      description: Up to O(sample_size) of them, as dicts with C(path), C(attempts) and C(reason).
+      type: list
+      elements: dict
 marked:
   description: With O(state=marked), the marking applied.
   returned: when O(state=marked)
@@ -447,11 +515,14 @@ def job_config(params):
     if src_dir and os.path.dirname(index_path).startswith(src_dir.rstrip("/") + "/"):
         rel = os.path.relpath(index_path, src_dir)
         skip_rel = [rel, rel + "-journal", rel + "-wal", rel + "-shm"]
+        if os.path.dirname(rel):
+            skip_rel.append(os.path.dirname(rel))  # the index directory is not replicated either
     config = dict(job=params["job"], src_dir=src_dir, index_path=index_path, source_collection=params["source_collection"],
                   source_path=params["source_path"], destinations=params["destinations"] or [],
                   include=params["include"], exclude=params["exclude"], items_per_task=params["items_per_task"],
                   max_submissions_per_run=params["max_submissions_per_run"],
-                  max_active_tasks=params["max_active_tasks"], label=params["label"],
+                  max_active_tasks=params["max_active_tasks"], max_file_failures=params["max_file_failures"],
+                  file_retry_backoff=params["file_retry_backoff"], label=params["label"],
                   sample_size=params["sample_size"], delete_destination=params["delete_destination"],
                   scan_workers=_pathindex.scan_workers(params["scan_workers"]), options=options, skip_rel=skip_rel)
     if params["state"] == "present" and not config["destinations"]:
@@ -481,6 +552,9 @@ def sync(module):
                                         warn=module.warn).run()
     if preflight is not None:
         result["preflight"] = [dict(id=entry["id"], ready=entry["ready"]) for entry in preflight]
+    if module.diff_mode:
+        result["diff"] = dict(prepared=_pathindex.planned_diff(result["tasks"], result["deletes"],
+                                                              config["sample_size"]))
     return result
 
 
@@ -488,6 +562,9 @@ def mark(module, config):
     params = module.params
     started = time.time()
     as_of_ns = _pathindex.parse_as_of(params["as_of"])
+    if params["subpath"] and not os.path.lexists(os.path.join(config["src_dir"], params["subpath"])):
+        raise ConfigError("subpath %s does not exist in src_dir %s: nothing was changed"
+                          % (params["subpath"], config["src_dir"]))
     db = module.state()
     with _pathindex.opened_index(config["index_path"], params["compare"], params["hash_algorithm"],
                                  module.check_mode) as index:
@@ -545,6 +622,8 @@ def main():
             items_per_task=dict(type="int", default=10000),
             max_submissions_per_run=dict(type="int", default=10),
             max_active_tasks=dict(type="int", default=3),
+            max_file_failures=dict(type="int", default=3),
+            file_retry_backoff=dict(type="int", default=300),
             delete_destination=dict(type="bool", default=False),
             sample_size=dict(type="int", default=20),
             scan_workers=dict(type="int", default=0),

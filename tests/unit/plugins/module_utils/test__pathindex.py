@@ -214,8 +214,8 @@ def test_settle_marks_exactly_the_submitted_versions(tmp_path, src):
 def test_several_destinations_need_every_confirmation(tmp_path, src):
     write(src, "f", b"data")
     index = open_index(tmp_path)
-    ids, reset = index.set_destinations([{"collection": "A", "path": "/a"}, {"collection": "B", "path": "/b"}])
-    assert reset is False
+    ids, added = index.set_destinations([{"collection": "A", "path": "/a"}, {"collection": "B", "path": "/b"}])
+    assert added == []
     index.scan(src)
     index.record_submission("to-a", ids[0], "transfer", index.candidates(ids[0], 10))
     index.record_submission("to-b", ids[1], "transfer", index.candidates(ids[1], 10))
@@ -226,8 +226,9 @@ def test_several_destinations_need_every_confirmation(tmp_path, src):
     index.record_submission("to-b-2", ids[1], "transfer", index.candidates(ids[1], 10))
     index.settle(index.open_submissions()[0], "SUCCEEDED", ids)
     assert index.counts()["pending"] == 0
-    ids, reset = index.set_destinations([{"collection": "A", "path": "/a"}, {"collection": "C", "path": "/c"}])
-    assert reset is True and index.counts()["pending"] == 1
+    ids, added = index.set_destinations([{"collection": "A", "path": "/a"}, {"collection": "C", "path": "/c"}])
+    assert added == [ids[1]] and index.counts()["pending"] == 1
+    assert index.candidates(ids[0], 10) == [] and len(index.candidates(ids[1], 10)) == 1
 
 
 def test_mark_whole_tree_subpath_and_file(tmp_path, src):
