@@ -437,6 +437,9 @@ def _time_axis(axes, dates):
 
 def _legend(axes, handles, labels):
     """Above the plot, in one row when it fits (constrained layout makes room for it)."""
+    # matplotlib before 3.10 drops a label starting with "_" even when given explicitly; a
+    # zero-width space in front keeps a route of that name in the legend on every version.
+    labels = ["\u200b" + label if label.startswith("_") else label for label in labels]
     axes.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.02), borderaxespad=0, fontsize=8,
                 ncol=min(len(labels), 5))
 
