@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from globus_setup import DST, SRC
-from test_globus_unattended import clean_emulator, db_rows, make_datasets, run, settle  # noqa: F401  (fixture)
+from test_globus_unattended import db_rows, make_datasets, run, settle
+
+
+@pytest.fixture(autouse=True)
+def clean_emulator(emulator):
+    emulator.reset()
 
 
 def items(state_db):
