@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import posixpath
+import re
 import string
 import time
 from urllib.parse import quote
@@ -275,10 +276,16 @@ def eligible_items(db, route, limit, now, policy):
     return items
 
 
+def tried_before(item):
+    """Whether an item was in a task before: then it goes with ``sync_level`` checksum, even when the
+    failure of that task was not charged to it (see ``settle_items``)."""
+    return item["attempts"] > 0 or item["status"] != "PENDING"
+
+
 def batches(items, size):
-    """Group items per destination collection into tasks of at most ``size`` items. An item that
-    is tried again goes alone: a failed task fails all it carries, so one bad path in a shared
-    task must not use up the attempts of the healthy ones."""
+    """Group items per destination collection into tasks of at most ``size`` items. An item
+    charged with a failure goes alone: a task that fails without naming the file at fault fails
+    all it carries, so one bad path in a shared task must not use up the attempts of the healthy ones."""
     by_destination = {}
     for item in items:
         by_destination.setdefault(item["destination_collection"], []).append(item)
@@ -368,7 +375,7 @@ def submit_batch(db, client, route, destination, items, options, label_template,
                              attempt=max(item["attempts"] for item in claimed) + 1)
         document = transfer_document(route["source_collection"], destination,
                                      [dict(item, recursive=True if item["recursive"] else None) for item in claimed],
-                                     options, label, retry=any(item["attempts"] > 0 for item in claimed))
+                                     options, label, retry=any(tried_before(item) for item in claimed))
 
         def link(db_, submission_id_):
             db_.execute("UPDATE transfer_items SET submission_id = ? WHERE id IN (%s)"
@@ -383,7 +390,7 @@ def submit_batch(db, client, route, destination, items, options, label_template,
 def describe_batch(route, destination, items, retry_level):
     """What check mode reports for a task it would submit."""
     return dict(route=route["name"], destination_collection=destination, items=len(items),
-                sync_level="checksum" if any(i["attempts"] > 0 for i in items) else retry_level,
+                sync_level="checksum" if any(tried_before(i) for i in items) else retry_level,
                 paths=[dict(source=i["source_path"], destination=i["destination_path"]) for i in items])
 
 
@@ -619,6 +626,8 @@ def refresh_tasks(db, client, task_ids):
                 documents.append(document)
         # Read before the write transaction: no lock is held across a network call.
         skipped = dict((d["task_id"], skipped_files(db, client, d)) for d in documents)
+        for document in documents:
+            read_failure_events(db, client, document)
         pause_reasons = dict((d["task_id"], pause_reason(client, d)) for d in documents if d.get("is_paused"))
         now = time.time()
         with db.transaction():
@@ -738,12 +747,45 @@ def settle_items(db, submission_id, document, now, kind="transfer", skipped=()):
     else:
         fatal = document.get("fatal_error") or {}
         error = "%s: %s" % (fatal.get("code", "FAILED"), fatal.get("description", document.get("nice_status") or ""))
+        blamed = _failed_paths_per_item(db, submission_id, document["task_id"], fatal.get("code"))
+        for item_id, paths in blamed.items():
+            db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? WHERE id = ?",
+                       ("%s (%s)" % (error, ", ".join(paths)), now, item_id))
+        if blamed:
+            # The failure is another item's: the rest are tried again without being charged an attempt.
+            note = "not charged: task %s failed on another item (%s)" % (document["task_id"], fatal.get("code", "FAILED"))
+            db.execute("UPDATE transfer_items SET status = 'FAILED', attempts = attempts - 1, last_error = ?, "
+                       "updated_at = ? WHERE submission_id = ? AND status = 'ACTIVE' AND attempts > 0",
+                       (note, now, submission_id))
         db.execute("UPDATE transfer_items SET status = 'FAILED', last_error = ?, updated_at = ? "
                    "WHERE submission_id = ? AND status = 'ACTIVE'", (error, now, submission_id))
 
 
 def _under(path, item_path):
-    return path == item_path or path.startswith(item_path.rstrip("/") + "/")
+    path, item_path = path.rstrip("/"), item_path.rstrip("/")
+    return path == item_path or path.startswith(item_path + "/")
+
+
+# The service names the file an error event is about on a ``File:`` line of its details.
+EVENT_FILE = re.compile(r"^File: *(\S.*?)\s*$", re.MULTILINE)
+
+
+def _failed_paths_per_item(db, submission_id, task_id, code):
+    """The ACTIVE items of a failed task that its stored error events with the fatal code name
+    (by source or destination path), with the paths named; empty when no event names one."""
+    if not code:
+        return {}
+    items = db.query("SELECT id, source_path, destination_path FROM transfer_items WHERE submission_id = ? "
+                     "AND status = 'ACTIVE'", (submission_id,))
+    per_item = {}
+    for event in db.query("SELECT details FROM task_events WHERE task_id = ? AND is_error = 1 AND code = ? ORDER BY id",
+                          (task_id, code)):
+        for path in EVENT_FILE.findall(event["details"] or ""):
+            for item in items:
+                if (_under(path, item["source_path"]) or _under(path, item["destination_path"])) \
+                        and path not in per_item.get(item["id"], []):
+                    per_item.setdefault(item["id"], []).append(path)
+    return per_item
 
 
 def _skips_per_item(db, submission_id, skipped):
@@ -772,14 +814,30 @@ def skipped_files(db, client, document):
     """The ``skipped_errors`` of a transfer task that just SUCCEEDED with items to settle.
 
     Asked only when the request allowed skips and the task does not say it skipped nothing."""
-    row = db.query_one("SELECT t.request FROM globus_tasks t WHERE t.task_id = ? AND t.kind = 'transfer' "
-                       "AND t.status NOT IN ('SUCCEEDED', 'FAILED') AND EXISTS (SELECT 1 FROM transfer_items i "
-                       "WHERE i.submission_id = t.submission_id AND i.status = 'ACTIVE')", (document["task_id"],))
-    if row is None or document["status"] != "SUCCEEDED" or document.get("subtasks_skipped_errors") == 0:
+    request = _request_to_settle(db, document["task_id"])
+    if request is None or document["status"] != "SUCCEEDED" or document.get("subtasks_skipped_errors") == 0:
         return []
-    if not json.loads(row["request"]).get("skip_source_errors"):
+    if not json.loads(request).get("skip_source_errors"):
         return []
     return task_files(client, document["task_id"], "skipped_errors")
+
+
+def read_failure_events(db, client, document):
+    """Store the error events of a transfer task that just FAILED with items to settle, so that
+    settling can charge the failure to the items whose files they name."""
+    if document["status"] != "FAILED" or _request_to_settle(db, document["task_id"]) is None:
+        return
+    try:
+        ingest_events(db, client, document["task_id"], errors_only=True)
+    except GlobusError:
+        pass  # without its events the failure is charged to every item of the task
+
+
+def _request_to_settle(db, task_id):
+    """The request of a transfer task not yet seen finished that still has ACTIVE items, or None."""
+    return db.scalar("SELECT t.request FROM globus_tasks t WHERE t.task_id = ? AND t.kind = 'transfer' "
+                     "AND t.status NOT IN ('SUCCEEDED', 'FAILED') AND EXISTS (SELECT 1 FROM transfer_items i "
+                     "WHERE i.submission_id = t.submission_id AND i.status = 'ACTIVE')", (task_id,))
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ description:
     paused task (O(routes[].overflow_for)).
   - Failed items are resubmitted after an exponential backoff, with C(sync_level=checksum), until
     O(max_attempts) is reached; then they are reported in C(failed_items) of their route in RV(routes) and left alone.
+  - When a failed task's error events name the file at fault (the C(File) line of their details, for the task's
+    fatal error code), only the items holding those files are charged the attempt, with that error and path as
+    C(last_error); the other items of the task are retried without using an attempt (C(last_error) starts with
+    C(not charged)). When no event names a file, or the events cannot be read, every item of the task is charged.
   - An item is C(SUCCEEDED) only when its task succeeded and skipped no file under it; otherwise it is
     C(PARTIAL), reported with the skipped files in C(partial_items) of its route in RV(routes), and retried like a failed item.
   - Every task is submitted exactly once (its submission id is committed to the state database
