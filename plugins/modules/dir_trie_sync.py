@@ -113,14 +113,17 @@ options:
     description:
       - How a changed file is detected. V(mtime) compares modification times (to the nanosecond),
         V(mtime_size) modification times and sizes, V(hash) the O(hash_algorithm) digest of the contents.
-      - V(hash) reads only the files whose size or modification time changed since the last scan; a file
-        whose contents are the same is not sent again.
+      - V(hash) reads only the files whose size, modification time or change time (C(st_ctime), which
+        every write, C(touch) and C(chmod) moves and which no user can set back) moved since the last scan;
+        a file whose contents are the same is not sent again. The first run on an index written before
+        change times were kept reads every file once, and says so in a warning.
       - "What each mode catches: V(mtime) any rewrite that moves the modification time (a rewrite that sets
-        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size;
-        V(hash) only changes of contents among the files whose size or modification time moved. None of
-        them reads a file whose size and modification time are both unchanged, so a same-size rewrite with
-        the modification time set back is not seen; O(state=marked) with an earlier O(as_of), or
-        O(state=reset), sends such files again, compared by checksum."
+        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size
+        (a same-size rewrite with the modification time set back is missed); V(hash) every change of
+        contents, including a same-size rewrite with the modification time set back, since such a
+        rewrite still moves the change time. A change that keeps size and modification time is sent with
+        C(sync_level=checksum), so Globus does not skip it. O(state=marked) with an earlier O(as_of), or
+        O(state=reset), sends files again, compared by checksum."
     type: str
     choices: [mtime, mtime_size, hash]
     default: mtime_size
