@@ -1512,7 +1512,8 @@ class PathIndex(object):
         to its destination (and everywhere once every destination has them), FAILED leaves them
         pending with RETRY set and counts a failure for each (``reason``: the task's error).
         ``skipped`` ({relative path: reason}, source errors Globus skipped) stay pending too, with
-        a failure counted against them alone. Returns the number of files confirmed, or to retry."""
+        a failure counted against them alone. Returns the number of files the task confirmed on its
+        destination (whether or not every other destination holds them yet), or to retry."""
         conn = self.conn
         now = time.time() if now is None else now
         skipped = skipped or {}
@@ -1553,7 +1554,7 @@ class PathIndex(object):
                             if self._deliver(packed, position, dir_id, name, sub["dest"], (size, mtime_ns, digest),
                                              others):
                                 touched = True
-                                count += 1
+                            count += 1
                             conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
                     if touched:
                         self.store_states(dir_id, packed)
@@ -1820,6 +1821,7 @@ class DirTrieSync(object):
     # -- 1. settle ----------------------------------------------------------------------------
     def settle(self):
         summary = dict(succeeded=0, failed=0, files_transferred=0, files_to_retry=0, forgotten=0)
+        by_destination = collections.OrderedDict((dest_id, 0) for dest_id in self.dest_ids)
         subs = self.index.open_submissions()
         rows = {}
         ids = [s["submission_id"] for s in subs]
@@ -1844,10 +1846,15 @@ class DirTrieSync(object):
             count = self.index.settle(sub, row["status"], self.dest_ids, skipped, reason=failure_reason(row))
             if row["status"] == "SUCCEEDED":
                 summary["succeeded"] += 1
-                summary["files_transferred"] += count if sub["kind"] == "transfer" else 0
+                if sub["kind"] == "transfer" and sub["dest"] in by_destination:
+                    summary["files_transferred"] += count
+                    by_destination[sub["dest"]] += count
             else:
                 summary["failed"] += 1
                 summary["files_to_retry"] += count if sub["kind"] == "transfer" else 0
+        summary["destinations"] = [dict(destination_collection=self.destinations[dest_id]["collection"],
+                                        destination_path=self.destinations[dest_id]["path"], files_transferred=files)
+                                   for dest_id, files in by_destination.items()]
         return summary
 
     def skipped_paths(self, row):

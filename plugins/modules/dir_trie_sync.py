@@ -395,10 +395,18 @@ scan_workers:
   type: int
   sample: 2
 settled:
-  description: Earlier tasks of the job that finished and were applied to the index by this run.
+  description:
+    - Earlier tasks of the job that finished and were applied to the index by this run.
+    - C(files_transferred) counts the files that succeeded tasks confirmed on their destination, once per
+      destination (a file delivered to 2 destinations counts twice, one delivered to 1 of 2 destinations
+      counts once, though it is still pending for the other); C(destinations) gives that count for each
+      destination, in the order of O(destinations).
+    - C(files_to_retry) counts the files of failed tasks, which stay pending.
   returned: when O(state=present)
   type: dict
-  sample: {succeeded: 2, failed: 1, files_transferred: 20000, files_to_retry: 120, forgotten: 0}
+  sample: {succeeded: 2, failed: 1, files_transferred: 20000, files_to_retry: 120, forgotten: 0,
+           destinations: [{destination_collection: 45af5ed4-67c2-11e8-9a41-0a6d4e044368,
+                           destination_path: /clusterfs/xmas/2018, files_transferred: 20000}]}
 tasks:
   description:
     - Tasks submitted by this run (in check mode, that would be submitted), with up to O(sample_size) paths each.
