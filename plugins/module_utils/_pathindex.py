@@ -62,6 +62,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._globus import
     submit_exactly_once,
     unconfirmed_submissions,
 )
+from ansible_collections.scidata.replication.plugins.module_utils._names import shown_name
 from ansible_collections.scidata.replication.plugins.module_utils._transfers import (
     join_path,
     open_task_ids,
@@ -184,11 +186,6 @@ def default_index_dir(state_db):
 def index_files(path):
     """The index and the SQLite side files that may sit beside it."""
     return [path] + [path + suffix for suffix in ("-journal", "-wal", "-shm")]
-
-
-def printable(text):
-    """A path as JSON can carry it: undecodable bytes shown as \\xNN escapes."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def label_name(path):
@@ -302,7 +299,7 @@ class Sample(object):
     def add(self, rel, detail=None):
         self.count += 1
         if len(self.paths) < self.limit:
-            self.paths.append(printable(rel) if detail is None else "%s (%s)" % (printable(rel), detail))
+            self.paths.append(shown_name(rel) if detail is None else "%s (%s)" % (shown_name(rel), detail))
 
 
 class ScanReport(object):
@@ -432,6 +429,19 @@ def open_below(root_fd, rel, report):
     return fd
 
 
+def files_below(dir_fd, name, rel):
+    """The paths of the regular files below the directory ``name`` of ``dir_fd`` (at ``rel``), following
+    no symlink: what a directory that cannot be replicated keeps from the destinations."""
+    for top, _dirs, files, top_fd in os.fwalk(name, dir_fd=dir_fd):
+        prefix = rel + top[len(name):] + "/"
+        for file_name in sorted(files):
+            try:
+                if stat.S_ISREG(os.stat(file_name, dir_fd=top_fd, follow_symlinks=False).st_mode):
+                    yield prefix + file_name
+            except OSError:
+                continue  # gone since it was listed
+
+
 def row_check(packed):
     """What identifies the file positions of a directory's row: its names."""
     return len(packed.names), zlib.crc32(packed.names_blob or b"")
@@ -527,6 +537,8 @@ class TreeReader(object):
                         path = rel + "/" + name if rel else name
                         if not name.isascii() and not is_utf8(name):
                             report.skipped.add(path + "/")
+                            for below in files_below(dir_fd, name, path):
+                                report.skipped.add(below)
                             continue
                         if filtered and (path in skip or _matches(exclude, path, name)):
                             if name in known_dirs:
@@ -1343,7 +1355,7 @@ class PathIndex(object):
                     report.deleted.count += len(sts)
                     if len(report.deleted.paths) < report.deleted.limit:
                         for name in self.load(sub_id).names:
-                            report.deleted.paths.append(printable(self.file_path(sub_id, name)))
+                            report.deleted.paths.append(shown_name(self.file_path(sub_id, name)))
                             if len(report.deleted.paths) >= report.deleted.limit:
                                 break
             count += self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs WHERE id IN (%s)" % marks,
@@ -1591,7 +1603,7 @@ class PathIndex(object):
                 (self.max_file_failures, int(limit))):
             path = self.file_path(dir_id, name)
             if path is not None:
-                sample.append(dict(path=printable(path), attempts=attempts, reason=reason))
+                sample.append(dict(path=shown_name(path), attempts=attempts, reason=reason))
         return count, sample
 
     def _deliver(self, packed, position, dir_id, name, dest_id, version, others):
@@ -1882,7 +1894,7 @@ class DirTrieSync(object):
             if self.check_mode:
                 report["pending"] += 1
                 if len(report["sample"]) < limit:
-                    report["sample"].append(printable(rel or "."))
+                    report["sample"].append(shown_name(rel or "."))
                 continue
             done = True
             for dest_id in self.dest_ids:
@@ -1898,7 +1910,7 @@ class DirTrieSync(object):
                 self.index.mark_dir_sent(dir_id)
                 report["created"] += 1
                 if len(report["sample"]) < limit:
-                    report["sample"].append(printable(rel or "."))
+                    report["sample"].append(shown_name(rel or "."))
             else:
                 report["pending"] += 1
         return report
@@ -1921,13 +1933,13 @@ class DirTrieSync(object):
             outcome = self._mkdir_one(destination["collection"], path, created)
         if outcome in (None, "exists"):
             return None
-        return "%s on %s: %s" % (printable(path), destination["collection"], outcome)
+        return "%s on %s: %s" % (shown_name(path), destination["collection"], outcome)
 
     def _mkdir_one(self, collection, path, created):
         if path in created:
             return "exists"
         try:
-            with api_errors("create directory %s" % printable(path), collection=collection):
+            with api_errors("create directory %s" % shown_name(path), collection=collection):
                 self.client.operation_mkdir(collection, path)
         except GlobusError as exc:
             code = exc.details.get("code") or ""
@@ -2014,7 +2026,7 @@ class DirTrieSync(object):
                                      config["options"], label, retry=retry)
         report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
                       items=len(items), sync_level=document["sync_level"], label=label,
-                      paths=[printable(f["path"]) for f in files[:config["sample_size"]]])
+                      paths=[shown_name(f["path"]) for f in files[:config["sample_size"]]])
         if self.check_mode:
             self._fake += 1
             self.index.record_submission("check-mode-%d" % self._fake, dest_id, "transfer", files)
@@ -2049,7 +2061,7 @@ class DirTrieSync(object):
                     "DATA": [{"DATA_TYPE": "delete_item", "path": join_path(destination["path"], p)} for p in paths],
                 }
                 report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
-                              items=len(paths), paths=[printable(p) for p in paths[:config["sample_size"]]])
+                              items=len(paths), paths=[shown_name(p) for p in paths[:config["sample_size"]]])
                 if self.check_mode:
                     self._fake += 1
                     self.index.record_submission("check-mode-%d" % self._fake, dest_id, "delete", gone=paths)

@@ -27,7 +27,8 @@ description:
   - O(state=marked) sets the last-transfer time (S1's C(set_time)); O(state=reset) forgets everything so
     the next run sends all.
   - Symbolic links are not followed and are reported; names that are not valid UTF-8 cannot be
-    expressed in Globus paths and are skipped with a warning; unreadable directories are reported and
+    expressed in Globus paths and are skipped with a warning, which lists a skipped directory and the
+    files below it, each byte that is not UTF-8 shown as C(\xNN); unreadable directories are reported and
     their index entries kept.
   - Tasks are recorded in the state database with the job name as C(job), so
     M(scidata.replication.globus_task_events) collects their events, and the job's C(sync_jobs) row
@@ -372,7 +373,9 @@ counts:
       description: Sockets, FIFOs and devices, not sent.
       type: int
     skipped:
-      description: Paths whose names are not valid UTF-8, not sent.
+      description:
+        - Paths whose names are not valid UTF-8, not sent; a directory whose name is not (shown with a
+          trailing C(/)) counts once, and so does each regular file below it.
       type: int
     unreadable:
       description: Directories or files that could not be read; their index entries are kept.

@@ -9,8 +9,13 @@ from __future__ import annotations
 import os
 import time
 
+import test_dir_trie_sync_delivery as delivery
 from globus_setup import DST, DST2, client_env
-from test_dir_trie_sync_delivery import MODULE, clean_emulator, job, read, run, write  # noqa: F401 (fixtures)
+from test_dir_trie_sync_delivery import MODULE, read, run, write
+
+# The job of one destination, and a clean emulator around each test.
+job = delivery.job
+clean_emulator = delivery.clean_emulator
 
 
 def test_hash_sends_a_same_size_rewrite_with_the_mtime_set_back(ansible, emulator, job):

@@ -113,3 +113,20 @@ def test_other_compare_modes_keep_no_change_times(tmp_path):
     index = open_index(tmp_path, "mtime_size")
     index.scan(src)
     assert index.conn.execute("SELECT count(*) FROM dirs WHERE ctimes IS NOT NULL").fetchone()[0] == 0
+
+
+def test_files_inside_a_directory_whose_name_is_not_utf8_are_listed_as_skipped(tmp_path):
+    src = make_src(tmp_path)
+    bad = os.path.join(os.fsencode(src), b"run\xff")
+    os.makedirs(os.path.join(bad, b"deep"))
+    for rel in (b"a.dat", b"deep/b\xfe.dat"):
+        with open(os.path.join(bad, rel), "wb") as handle:
+            handle.write(b"data")
+    os.symlink(b"a.dat", os.path.join(bad, b"link"))
+    write(src, "good/c.dat", b"c")
+    index = open_index(tmp_path, "mtime_size")
+    report = index.scan(src)
+    # Shown with the collection's one escaping: each byte that is not UTF-8 as \xNN.
+    assert report.skipped.paths == ["run\\xff/", "run\\xff/a.dat", "run\\xff/deep/b\\xfe.dat"]
+    assert report.skipped.count == 3 and report.new.paths == ["good/c.dat"]
+    assert pending(index) == ["good/c.dat"]
