@@ -112,6 +112,10 @@ ENTRIES_PER_MESSAGE = 20000
 PR_SET_PDEATHSIG = 1
 WORKER_DIED = "a scan worker died: the scan stopped, what it had written stays consistent, the next run scans again"
 QUERY_CHUNK = 500
+# A file whose ctime is this close to the end of its hashing may be rewritten within the same
+# timestamp tick without its ctime moving: its ctime is stored as unknown, so the next scan hashes
+# it again (coarse kernel timestamps move every 1 to 10 ms).
+RACY_CTIME_NS = 100 * 10 ** 6
 CACHE_KIB = 2048
 PAGE_SIZE = 16384
 NAMES_ZLIB_LEVEL = 6
@@ -271,6 +275,12 @@ def same_version(compare, left, right):
     if compare == "hash" and left[2] is not None and right[2] is not None:
         return left[2] == right[2]
     return left[0] == right[0] and left[1] == right[1]
+
+
+def settled_ctime(ctime_ns):
+    """The ctime to keep for a file just hashed: 0 (unknown, hashed again next scan) while a rewrite
+    could still leave it where it is."""
+    return ctime_ns if time.time_ns() - ctime_ns >= RACY_CTIME_NS else 0
 
 
 def file_digest(dir_fd, name, algorithm):
@@ -1287,7 +1297,7 @@ class PathIndex(object):
             if state["has_failures"]:
                 # A new version starts its failure count over.
                 conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
-            updates[position] = (size, mtime_ns, st, digest, ctime_ns)
+            updates[position] = (size, mtime_ns, st, digest, settled_ctime(ctime_ns))
         removed = set(vanished.values())
         removed.update(dropped)
         if not added and not removed and not self.digest_size and updates and max(
@@ -1318,7 +1328,7 @@ class PathIndex(object):
                 continue
             path = rel + "/" + name if rel else name
             entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else state["new_state"], digest,
-                            ctime_ns))
+                            settled_ctime(ctime_ns)))
             report.new.add(path)
         self.store(dir_id, entries)
         if removed:

@@ -122,8 +122,10 @@ options:
         it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size
         (a same-size rewrite with the modification time set back is missed); V(hash) every change of
         contents, including a same-size rewrite with the modification time set back, since such a
-        rewrite still moves the change time (except one within the same clock tick, a few milliseconds,
-        right after the scan read the file, on a file system that keeps coarse timestamps). A change that keeps size and modification time is sent with
+        rewrite still moves the change time. A file read within 0.1 seconds of its last change is read
+        again on the next run, so a rewrite within the same timestamp tick (file systems keep them at a few
+        milliseconds) is not missed either; a file system whose timestamps are coarser than that, or set by
+        a server clock far from this host's, can still hide such a rewrite. A change that keeps size and modification time is sent with
         C(sync_level=checksum), so Globus does not skip it. O(state=marked) with an earlier O(as_of), or
         O(state=reset), sends files again, compared by checksum."
     type: str
