@@ -10,8 +10,9 @@ One SQLite file per job, on the host that holds the source tree (it is read in f
 A directory is one row of ``dirs``: its name once (a trie: ``parent`` + ``name``) and its files
 packed in name order: zlib-compressed NUL-joined UTF-8 ``names``, native arrays ``sizes`` (4 bytes
 each when they fit) and ``mtimes`` (int64 nanoseconds), one state byte per file in ``sts`` and,
-with compare=hash, the concatenated digests in ``hashes``. That is about 15 bytes per file plus
-its compressed name, read back with a handful of C-level calls per directory; ``pending`` counts
+with compare=hash, the concatenated digests in ``hashes`` and the ``ctimes`` (int64 nanoseconds) they
+were taken at. That is about 15 bytes per file plus its compressed name (plus digest and 8 bytes with
+compare=hash), read back with a handful of C-level calls per directory; ``pending`` counts
 the files not yet everywhere, so finding them never reads the whole tree.
 
 A file's state byte is ``SYNCED`` (every destination holds this very version), ``NEW`` (never
@@ -61,6 +62,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -79,6 +81,7 @@ from ansible_collections.scidata.replication.plugins.module_utils._globus import
     submit_exactly_once,
     unconfirmed_submissions,
 )
+from ansible_collections.scidata.replication.plugins.module_utils._names import shown_name
 from ansible_collections.scidata.replication.plugins.module_utils._transfers import (
     join_path,
     open_task_ids,
@@ -109,6 +112,10 @@ ENTRIES_PER_MESSAGE = 20000
 PR_SET_PDEATHSIG = 1
 WORKER_DIED = "a scan worker died: the scan stopped, what it had written stays consistent, the next run scans again"
 QUERY_CHUNK = 500
+# A file whose ctime is this close to the end of its hashing may be rewritten within the same
+# timestamp tick without its ctime moving: its ctime is stored as unknown, so the next scan hashes
+# it again (coarse kernel timestamps move every 1 to 10 ms).
+RACY_CTIME_NS = 100 * 10 ** 6
 CACHE_KIB = 2048
 PAGE_SIZE = 16384
 NAMES_ZLIB_LEVEL = 6
@@ -121,7 +128,7 @@ SCHEMA = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     "CREATE TABLE dirs (id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, name TEXT NOT NULL, "
     "leaf INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0, "
-    "sts BLOB, sizes BLOB, mtimes BLOB, names BLOB, hashes BLOB)",
+    "sts BLOB, sizes BLOB, mtimes BLOB, names BLOB, hashes BLOB, ctimes BLOB)",
     "CREATE UNIQUE INDEX dirs_parent_name ON dirs (parent, name)",
     "CREATE INDEX dirs_unsent_leaves ON dirs (id) WHERE leaf = 1 AND sent = 0",
     # Only directories with files not yet everywhere: empty once a tree is replicated.
@@ -144,7 +151,10 @@ SCHEMA = [
     "CREATE INDEX gone_sub ON gone (sub)",
 ]
 # Columns added to an existing index in place, with the statement that adds each.
-ADDED_COLUMNS = [("gone", "hold", "ALTER TABLE gone ADD COLUMN hold INTEGER")]
+ADDED_COLUMNS = [("gone", "hold", "ALTER TABLE gone ADD COLUMN hold INTEGER"),
+                 ("dirs", "ctimes", "ALTER TABLE dirs ADD COLUMN ctimes BLOB")]
+CTIMES_ADDED = ("the index %s was upgraded to record change times: with compare=hash every file is hashed once more "
+                "on this run, so a rewrite that kept size and mtime since the last run is found")
 # Tables added to an existing index in place.
 ADDED_TABLES = [
     # Files whose tasks failed: ``attempts`` in all, ``alone`` in a task of their own or
@@ -180,11 +190,6 @@ def default_index_dir(state_db):
 def index_files(path):
     """The index and the SQLite side files that may sit beside it."""
     return [path] + [path + suffix for suffix in ("-journal", "-wal", "-shm")]
-
-
-def printable(text):
-    """A path as JSON can carry it: undecodable bytes shown as \\xNN escapes."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def label_name(path):
@@ -272,6 +277,12 @@ def same_version(compare, left, right):
     return left[0] == right[0] and left[1] == right[1]
 
 
+def settled_ctime(ctime_ns):
+    """The ctime to keep for a file just hashed: 0 (unknown, hashed again next scan) while a rewrite
+    could still leave it where it is."""
+    return ctime_ns if time.time_ns() - ctime_ns >= RACY_CTIME_NS else 0
+
+
 def file_digest(dir_fd, name, algorithm):
     """The digest of a file's contents, read in chunks, without following a symlink."""
     digest = hashlib.new(algorithm, usedforsecurity=False)  # change detection, not security (FIPS hosts)
@@ -298,7 +309,7 @@ class Sample(object):
     def add(self, rel, detail=None):
         self.count += 1
         if len(self.paths) < self.limit:
-            self.paths.append(printable(rel) if detail is None else "%s (%s)" % (printable(rel), detail))
+            self.paths.append(shown_name(rel) if detail is None else "%s (%s)" % (shown_name(rel), detail))
 
 
 class ScanReport(object):
@@ -336,15 +347,17 @@ class ScanReport(object):
 class Packed(object):
     """One directory's files as stored in its row: parallel sequences in name order."""
 
-    __slots__ = ("names", "sizes", "mtimes", "sts", "hashes", "digest_size", "names_blob")
+    __slots__ = ("names", "sizes", "mtimes", "sts", "hashes", "ctimes", "digest_size", "names_blob")
 
-    def __init__(self, names, sizes, mtimes, sts, hashes, digest_size, names_blob=None):
+    def __init__(self, names, sizes, mtimes, sts, hashes, digest_size, names_blob=None, ctimes=None):
         self.names_blob = names_blob
         self.names = names
         self.sizes = sizes
         self.mtimes = mtimes
         self.sts = sts
         self.hashes = hashes
+        # With compare=hash: each file's st_ctime_ns when it was last hashed (None: not known).
+        self.ctimes = ctimes
         self.digest_size = digest_size
 
     @classmethod
@@ -353,7 +366,7 @@ class Packed(object):
 
     @classmethod
     def from_row(cls, row, digest_size):
-        sts, sizes, mtimes, names, hashes = row
+        sts, sizes, mtimes, names, hashes, ctimes = row
         if not sts:
             return cls.empty(digest_size)
         size_array = array.array(SIZE32 if len(sizes) == 4 * len(sts) else "q")
@@ -361,8 +374,12 @@ class Packed(object):
         mtime_array = array.array("q")
         mtime_array.frombytes(mtimes)
         hashes = bytes(hashes) if hashes and digest_size and len(hashes) == len(sts) * digest_size else None
+        ctime_array = None
+        if hashes is not None and ctimes and len(ctimes) == 8 * len(sts):
+            ctime_array = array.array("q")
+            ctime_array.frombytes(ctimes)
         return cls(zlib.decompress(names).decode("utf-8").split("\0"), size_array, mtime_array, bytearray(sts), hashes,
-                   digest_size, names)
+                   digest_size, names, ctime_array)
 
     def digest(self, position):
         if self.hashes is None:
@@ -370,30 +387,35 @@ class Packed(object):
         value = self.hashes[position * self.digest_size:(position + 1) * self.digest_size]
         return value if value.strip(b"\0") else None
 
+    def ctime(self, position):
+        return 0 if self.ctimes is None else self.ctimes[position]
+
     def pending(self):
         return len(self.sts) - self.sts.count(SYNCED)
 
 
 def pack_entries(entries, digest_size):
-    """Row values (sts, sizes, mtimes, names, hashes, pending) for (name, size, mtime_ns, st, digest) tuples."""
+    """Row values (sts, sizes, mtimes, names, hashes, ctimes, pending) for (name, size, mtime_ns, st, digest,
+    ctime_ns) tuples; digests and change times are kept with compare=hash only (``digest_size``)."""
     if not entries:
-        return None, None, None, None, None, 0
+        return None, None, None, None, None, None, 0
     entries.sort(key=lambda entry: entry[0])
     sts = bytes(entry[3] for entry in entries)
-    hashes = None
+    hashes = ctimes = None
     if digest_size:
         zero = b"\0" * digest_size
         hashes = b"".join(entry[4] or zero for entry in entries)
+        ctimes = array.array("q", [entry[5] for entry in entries]).tobytes()
     sizes = [entry[1] for entry in entries]
     return (sts, array.array(SIZE32 if max(sizes) < 1 << 32 and min(sizes) >= 0 else "q", sizes).tobytes(),
             array.array("q", [entry[2] for entry in entries]).tobytes(),
             zlib.compress("\0".join(entry[0] for entry in entries).encode("utf-8"), NAMES_ZLIB_LEVEL), hashes,
-            len(sts) - sts.count(SYNCED))
+            ctimes, len(sts) - sts.count(SYNCED))
 
 
 # -- reading the tree beside the index -----------------------------------------------------------
 def load_packed(conn, dir_id, digest_size):
-    row = conn.execute("SELECT sts, sizes, mtimes, names, hashes FROM dirs WHERE id = ?", (dir_id,)).fetchone()
+    row = conn.execute("SELECT sts, sizes, mtimes, names, hashes, ctimes FROM dirs WHERE id = ?", (dir_id,)).fetchone()
     if row is None or not row[0]:
         return Packed.empty(digest_size)
     return Packed.from_row(row, digest_size)
@@ -417,6 +439,19 @@ def open_below(root_fd, rel, report):
     return fd
 
 
+def files_below(dir_fd, name, rel):
+    """The paths of the regular files below the directory ``name`` of ``dir_fd`` (at ``rel``), following
+    no symlink: what a directory that cannot be replicated keeps from the destinations."""
+    for top, _dirs, files, top_fd in os.fwalk(name, dir_fd=dir_fd):
+        prefix = rel + top[len(name):] + "/"
+        for file_name in sorted(files):
+            try:
+                if stat.S_ISREG(os.stat(file_name, dir_fd=top_fd, follow_symlinks=False).st_mode):
+                    yield prefix + file_name
+            except OSError:
+                continue  # gone since it was listed
+
+
 def row_check(packed):
     """What identifies the file positions of a directory's row: its names."""
     return len(packed.names), zlib.crc32(packed.names_blob or b"")
@@ -425,7 +460,8 @@ def row_check(packed):
 class DirDiff(object):
     """One directory as found on disk against its index row: what the scan must write for it.
 
-    ``changed`` holds (position, size, mtime_ns) of files whose size or mtime moved, ``vanished``
+    ``changed`` holds (position, size, mtime_ns, ctime_ns) of files whose size or mtime moved (or, with
+    compare=hash, their ctime: a rewrite that kept both, or no ctime known), ``vanished``
     name -> position of files gone, ``dropped`` positions of files now excluded; ``subdirs`` the
     subdirectories on disk as (name, (id, leaf)), with None for the row of a new one, and
     ``dropped_dirs`` / ``vanished_dirs`` (name, (id, leaf)) of known ones excluded or gone;
@@ -466,6 +502,10 @@ class TreeReader(object):
         known_dirs = dict((row[0], row[1:]) for row in self.conn.execute(
             "SELECT name, id, leaf FROM dirs WHERE parent = ?", (dir_id,)))
         sizes, mtimes = packed.sizes, packed.mtimes
+        # With compare=hash a file is hashed again when its ctime moved: a rewrite may keep size and
+        # mtime (or set the mtime back), but nobody can set the ctime back.
+        by_ctime = bool(self.digest_size)
+        ctimes = packed.ctimes
         include, exclude, skip = self.include, self.exclude, self.skip
         filtered = bool(include or exclude or skip)
         added, changed, subdirs, dropped, dropped_dirs = [], [], [], [], []
@@ -499,13 +539,16 @@ class TreeReader(object):
                         files += 1
                         position = known_pop(name, None)
                         if position is None:
-                            added.append((name, info.st_size, info.st_mtime_ns))
-                        elif mtimes[position] != info.st_mtime_ns or sizes[position] != info.st_size:
-                            changed.append((position, info.st_size, info.st_mtime_ns))
+                            added.append((name, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+                        elif mtimes[position] != info.st_mtime_ns or sizes[position] != info.st_size or (
+                                by_ctime and (ctimes is None or ctimes[position] != info.st_ctime_ns)):
+                            changed.append((position, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
                     elif entry.is_dir(follow_symlinks=False):
                         path = rel + "/" + name if rel else name
                         if not name.isascii() and not is_utf8(name):
                             report.skipped.add(path + "/")
+                            for below in files_below(dir_fd, name, path):
+                                report.skipped.add(below)
                             continue
                         if filtered and (path in skip or _matches(exclude, path, name)):
                             if name in known_dirs:
@@ -732,6 +775,8 @@ class PathIndex(object):
         self.wal = False
         self.max_file_failures = MAX_FILE_FAILURES
         self.file_retry_backoff = FILE_RETRY_BACKOFF
+        # What opening the index changed that a run should tell (an upgrade in place).
+        self.notes = []
 
     # -- connection -------------------------------------------------------------------------
     def open(self, wal=False):
@@ -757,7 +802,7 @@ class PathIndex(object):
             if version != INDEX_FORMAT:
                 raise StateError("the index %s has format %r; this collection reads format %d (state=reset "
                                  "starts a new one)" % (self.path, version, INDEX_FORMAT))
-            self._add_columns()
+            self._add_columns(exists)
         except sqlite3.Error as exc:
             self.close()
             raise StateError("cannot open the index %s: %s" % (self.path, exc))
@@ -769,10 +814,12 @@ class PathIndex(object):
     def _has_schema(self):
         return bool(self.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0])
 
-    def _add_columns(self):
+    def _add_columns(self, existed):
         for table, column, statement in ADDED_COLUMNS:
             if column not in [row[1] for row in self.conn.execute("PRAGMA table_info(%s)" % table)]:
                 self.conn.execute(statement)
+                if existed and column == "ctimes" and self.compare == "hash":
+                    self.notes.append(CTIMES_ADDED % self.path)
         for statement in ADDED_TABLES:
             self.conn.execute(statement)
 
@@ -855,7 +902,7 @@ class PathIndex(object):
                     # Digests of another algorithm cannot be compared: forget them (size+mtime decide).
                     for table in ("sent", "inflight", "delivered"):
                         self.conn.execute("UPDATE %s SET hash = NULL WHERE hash IS NOT NULL" % table)
-                self.conn.execute("UPDATE dirs SET hashes = NULL WHERE hashes IS NOT NULL")
+                self.conn.execute("UPDATE dirs SET hashes = NULL, ctimes = NULL WHERE hashes IS NOT NULL")
                 self.set_meta("hash_algorithm", self.hash_algorithm)
 
     def set_destinations(self, destinations):
@@ -933,7 +980,7 @@ class PathIndex(object):
 
     def store(self, dir_id, entries):
         values = pack_entries(entries, self.digest_size)
-        self.conn.execute("UPDATE dirs SET sts = ?, sizes = ?, mtimes = ?, names = ?, hashes = ?, pending = ? "
+        self.conn.execute("UPDATE dirs SET sts = ?, sizes = ?, mtimes = ?, names = ?, hashes = ?, ctimes = ?, pending = ? "
                           "WHERE id = ?", values + (dir_id,))
 
     def store_states(self, dir_id, packed):
@@ -1218,7 +1265,7 @@ class PathIndex(object):
         compare = self.compare
         names, sts = packed.names, packed.sts
         updates = {}
-        for position, size, mtime_ns in changed:
+        for position, size, mtime_ns, ctime_ns in changed:
             name = names[position]
             digest = self._hash(dir_fd, name, rel, report)
             if digest is False:
@@ -1250,13 +1297,13 @@ class PathIndex(object):
             if state["has_failures"]:
                 # A new version starts its failure count over.
                 conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
-            updates[position] = (size, mtime_ns, st, digest)
+            updates[position] = (size, mtime_ns, st, digest, settled_ctime(ctime_ns))
         removed = set(vanished.values())
         removed.update(dropped)
         if not added and not removed and not self.digest_size and updates and max(
                 update[0] for update in updates.values()) < 1 << (8 * packed.sizes.itemsize - 1):
             # Only existing files changed: patch the arrays, keep the compressed names as they are.
-            for position, (size, mtime_ns, st, _digest) in updates.items():
+            for position, (size, mtime_ns, st, _digest, _ctime) in updates.items():
                 packed.sizes[position] = size
                 packed.mtimes[position] = mtime_ns
                 sts[position] = st
@@ -1264,23 +1311,24 @@ class PathIndex(object):
                          (bytes(sts), packed.sizes.tobytes(), packed.mtimes.tobytes(), packed.pending(), dir_id))
             return len(updates)
         entries = [(name,) + updates[i] if i in updates else
-                   (name, packed.sizes[i], packed.mtimes[i], sts[i], packed.digest(i))
+                   (name, packed.sizes[i], packed.mtimes[i], sts[i], packed.digest(i), packed.ctime(i))
                    for i, name in enumerate(names) if i not in removed]
         returned = set()
         if added and state["has_gone"]:
             # A path that comes back before its delete was submitted is not deleted; the destination
             # may hold the older file with a newer mtime, so it is sent with sync_level=checksum.
             for start in range(0, len(added), QUERY_CHUNK):
-                chunk = [rel + "/" + name if rel else name for name, _size, _mtime in added[start:start + QUERY_CHUNK]]
+                chunk = [rel + "/" + name if rel else name for name, _size, _mtime, _ctime in added[start:start + QUERY_CHUNK]]
                 returned.update(row[0] for row in conn.execute(
                     "SELECT path FROM gone WHERE sub IS NULL AND path IN (%s)" % ",".join("?" * len(chunk)), chunk))
             conn.executemany("DELETE FROM gone WHERE path = ? AND sub IS NULL", [(p,) for p in returned])
-        for name, size, mtime_ns in added:
+        for name, size, mtime_ns, ctime_ns in added:
             digest = self._hash(dir_fd, name, rel, report)
             if digest is False:
                 continue
             path = rel + "/" + name if rel else name
-            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else state["new_state"], digest))
+            entries.append((name, size, mtime_ns, NEW | RETRY if path in returned else state["new_state"], digest,
+                            settled_ctime(ctime_ns)))
             report.new.add(path)
         self.store(dir_id, entries)
         if removed:
@@ -1317,7 +1365,7 @@ class PathIndex(object):
                     report.deleted.count += len(sts)
                     if len(report.deleted.paths) < report.deleted.limit:
                         for name in self.load(sub_id).names:
-                            report.deleted.paths.append(printable(self.file_path(sub_id, name)))
+                            report.deleted.paths.append(shown_name(self.file_path(sub_id, name)))
                             if len(report.deleted.paths) >= report.deleted.limit:
                                 break
             count += self.conn.execute("SELECT COALESCE(SUM(length(sts)), 0) FROM dirs WHERE id IN (%s)" % marks,
@@ -1486,7 +1534,8 @@ class PathIndex(object):
         to its destination (and everywhere once every destination has them), FAILED leaves them
         pending with RETRY set and counts a failure for each (``reason``: the task's error).
         ``skipped`` ({relative path: reason}, source errors Globus skipped) stay pending too, with
-        a failure counted against them alone. Returns the number of files confirmed, or to retry."""
+        a failure counted against them alone. Returns the number of files the task confirmed on its
+        destination (whether or not every other destination holds them yet), or to retry."""
         conn = self.conn
         now = time.time() if now is None else now
         skipped = skipped or {}
@@ -1527,7 +1576,7 @@ class PathIndex(object):
                             if self._deliver(packed, position, dir_id, name, sub["dest"], (size, mtime_ns, digest),
                                              others):
                                 touched = True
-                                count += 1
+                            count += 1
                             conn.execute("DELETE FROM failures WHERE dir = ? AND name = ?", (dir_id, name))
                     if touched:
                         self.store_states(dir_id, packed)
@@ -1564,7 +1613,7 @@ class PathIndex(object):
                 (self.max_file_failures, int(limit))):
             path = self.file_path(dir_id, name)
             if path is not None:
-                sample.append(dict(path=printable(path), attempts=attempts, reason=reason))
+                sample.append(dict(path=shown_name(path), attempts=attempts, reason=reason))
         return count, sample
 
     def _deliver(self, packed, position, dir_id, name, dest_id, version, others):
@@ -1725,6 +1774,8 @@ class DirTrieSync(object):
             with index.transaction():
                 index.set_meta("resend_by_checksum", 1)
         index.bind(self.job, config["src_dir"])
+        for note in index.notes:
+            self.warn(note)
         self.dest_ids, added = index.set_destinations(config["destinations"])
         self.destinations = dict(zip(self.dest_ids, config["destinations"]))
         if added:
@@ -1792,6 +1843,7 @@ class DirTrieSync(object):
     # -- 1. settle ----------------------------------------------------------------------------
     def settle(self):
         summary = dict(succeeded=0, failed=0, files_transferred=0, files_to_retry=0, forgotten=0)
+        by_destination = collections.OrderedDict((dest_id, 0) for dest_id in self.dest_ids)
         subs = self.index.open_submissions()
         rows = {}
         ids = [s["submission_id"] for s in subs]
@@ -1816,10 +1868,15 @@ class DirTrieSync(object):
             count = self.index.settle(sub, row["status"], self.dest_ids, skipped, reason=failure_reason(row))
             if row["status"] == "SUCCEEDED":
                 summary["succeeded"] += 1
-                summary["files_transferred"] += count if sub["kind"] == "transfer" else 0
+                if sub["kind"] == "transfer" and sub["dest"] in by_destination:
+                    summary["files_transferred"] += count
+                    by_destination[sub["dest"]] += count
             else:
                 summary["failed"] += 1
                 summary["files_to_retry"] += count if sub["kind"] == "transfer" else 0
+        summary["destinations"] = [dict(destination_collection=self.destinations[dest_id]["collection"],
+                                        destination_path=self.destinations[dest_id]["path"], files_transferred=files)
+                                   for dest_id, files in by_destination.items()]
         return summary
 
     def skipped_paths(self, row):
@@ -1847,7 +1904,7 @@ class DirTrieSync(object):
             if self.check_mode:
                 report["pending"] += 1
                 if len(report["sample"]) < limit:
-                    report["sample"].append(printable(rel or "."))
+                    report["sample"].append(shown_name(rel or "."))
                 continue
             done = True
             for dest_id in self.dest_ids:
@@ -1863,7 +1920,7 @@ class DirTrieSync(object):
                 self.index.mark_dir_sent(dir_id)
                 report["created"] += 1
                 if len(report["sample"]) < limit:
-                    report["sample"].append(printable(rel or "."))
+                    report["sample"].append(shown_name(rel or "."))
             else:
                 report["pending"] += 1
         return report
@@ -1886,13 +1943,13 @@ class DirTrieSync(object):
             outcome = self._mkdir_one(destination["collection"], path, created)
         if outcome in (None, "exists"):
             return None
-        return "%s on %s: %s" % (printable(path), destination["collection"], outcome)
+        return "%s on %s: %s" % (shown_name(path), destination["collection"], outcome)
 
     def _mkdir_one(self, collection, path, created):
         if path in created:
             return "exists"
         try:
-            with api_errors("create directory %s" % printable(path), collection=collection):
+            with api_errors("create directory %s" % shown_name(path), collection=collection):
                 self.client.operation_mkdir(collection, path)
         except GlobusError as exc:
             code = exc.details.get("code") or ""
@@ -1979,7 +2036,7 @@ class DirTrieSync(object):
                                      config["options"], label, retry=retry)
         report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
                       items=len(items), sync_level=document["sync_level"], label=label,
-                      paths=[printable(f["path"]) for f in files[:config["sample_size"]]])
+                      paths=[shown_name(f["path"]) for f in files[:config["sample_size"]]])
         if self.check_mode:
             self._fake += 1
             self.index.record_submission("check-mode-%d" % self._fake, dest_id, "transfer", files)
@@ -2014,7 +2071,7 @@ class DirTrieSync(object):
                     "DATA": [{"DATA_TYPE": "delete_item", "path": join_path(destination["path"], p)} for p in paths],
                 }
                 report = dict(destination_collection=destination["collection"], destination_path=destination["path"],
-                              items=len(paths), paths=[printable(p) for p in paths[:config["sample_size"]]])
+                              items=len(paths), paths=[shown_name(p) for p in paths[:config["sample_size"]]])
                 if self.check_mode:
                     self._fake += 1
                     self.index.record_submission("check-mode-%d" % self._fake, dest_id, "delete", gone=paths)

@@ -27,7 +27,8 @@ description:
   - O(state=marked) sets the last-transfer time (S1's C(set_time)); O(state=reset) forgets everything so
     the next run sends all.
   - Symbolic links are not followed and are reported; names that are not valid UTF-8 cannot be
-    expressed in Globus paths and are skipped with a warning; unreadable directories are reported and
+    expressed in Globus paths and are skipped with a warning, which lists a skipped directory and the
+    files below it, each byte that is not UTF-8 shown as C(\xNN); unreadable directories are reported and
     their index entries kept.
   - Tasks are recorded in the state database with the job name as C(job), so
     M(scidata.replication.globus_task_events) collects their events, and the job's C(sync_jobs) row
@@ -113,14 +114,20 @@ options:
     description:
       - How a changed file is detected. V(mtime) compares modification times (to the nanosecond),
         V(mtime_size) modification times and sizes, V(hash) the O(hash_algorithm) digest of the contents.
-      - V(hash) reads only the files whose size or modification time changed since the last scan; a file
-        whose contents are the same is not sent again.
+      - V(hash) reads only the files whose size, modification time or change time (C(st_ctime), which
+        every write, C(touch) and C(chmod) moves and which no user can set back) moved since the last scan;
+        a file whose contents are the same is not sent again. The first run on an index written before
+        change times were kept reads every file once, and says so in a warning.
       - "What each mode catches: V(mtime) any rewrite that moves the modification time (a rewrite that sets
-        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size;
-        V(hash) only changes of contents among the files whose size or modification time moved. None of
-        them reads a file whose size and modification time are both unchanged, so a same-size rewrite with
-        the modification time set back is not seen; O(state=marked) with an earlier O(as_of), or
-        O(state=reset), sends such files again, compared by checksum."
+        it back to the very nanosecond it had is missed); V(mtime_size) the same, and any change of size
+        (a same-size rewrite with the modification time set back is missed); V(hash) every change of
+        contents, including a same-size rewrite with the modification time set back, since such a
+        rewrite still moves the change time. A file read within 0.1 seconds of its last change is read
+        again on the next run, so a rewrite within the same timestamp tick (file systems keep them at a few
+        milliseconds) is not missed either; a file system whose timestamps are coarser than that, or set by
+        a server clock far from this host's, can still hide such a rewrite. A change that keeps size and modification time is sent with
+        C(sync_level=checksum), so Globus does not skip it. O(state=marked) with an earlier O(as_of), or
+        O(state=reset), sends files again, compared by checksum."
     type: str
     choices: [mtime, mtime_size, hash]
     default: mtime_size
@@ -369,7 +376,9 @@ counts:
       description: Sockets, FIFOs and devices, not sent.
       type: int
     skipped:
-      description: Paths whose names are not valid UTF-8, not sent.
+      description:
+        - Paths whose names are not valid UTF-8, not sent; a directory whose name is not (shown with a
+          trailing C(/)) counts once, and so does each regular file below it.
       type: int
     unreadable:
       description: Directories or files that could not be read; their index entries are kept.
@@ -392,10 +401,18 @@ scan_workers:
   type: int
   sample: 2
 settled:
-  description: Earlier tasks of the job that finished and were applied to the index by this run.
+  description:
+    - Earlier tasks of the job that finished and were applied to the index by this run.
+    - C(files_transferred) counts the files that succeeded tasks confirmed on their destination, once per
+      destination (a file delivered to 2 destinations counts twice, one delivered to 1 of 2 destinations
+      counts once, though it is still pending for the other); C(destinations) gives that count for each
+      destination, in the order of O(destinations).
+    - C(files_to_retry) counts the files of failed tasks, which stay pending.
   returned: when O(state=present)
   type: dict
-  sample: {succeeded: 2, failed: 1, files_transferred: 20000, files_to_retry: 120, forgotten: 0}
+  sample: {succeeded: 2, failed: 1, files_transferred: 20000, files_to_retry: 120, forgotten: 0,
+           destinations: [{destination_collection: 45af5ed4-67c2-11e8-9a41-0a6d4e044368,
+                           destination_path: /clusterfs/xmas/2018, files_transferred: 20000}]}
 tasks:
   description:
     - Tasks submitted by this run (in check mode, that would be submitted), with up to O(sample_size) paths each.

@@ -180,7 +180,8 @@ def test_replicates_only_what_changed(ansible, emulator, job):
     # Second run: settles the tasks, finds nothing new, sends nothing.
     second = run(ansible, emulator, args)
     assert second["changed"] is False and second["tasks"] == [], second
-    assert second["settled"]["succeeded"] == len(first["tasks"]) and second["settled"]["files_transferred"] == 18
+    assert second["settled"]["succeeded"] == len(first["tasks"]) and second["settled"]["files_transferred"] == 36
+    assert [d["files_transferred"] for d in second["settled"]["destinations"]] == [18, 18]
     assert second["pending"] == 0 and second["in_flight"] == 0
     job_row = db_rows(job["state_db"], "SELECT kind, source, files_indexed, files_pending, last_result "
                                        "FROM sync_jobs WHERE name = ?", (job["name"],))[0]
@@ -302,7 +303,9 @@ def test_failed_task_keeps_files_pending_and_retries_with_checksum(ansible, emul
     assert len(first["tasks"]) == 3
     emulator.wait_idle()
     second = run(ansible, emulator, args)
-    assert second["settled"] == dict(succeeded=2, failed=1, files_transferred=4, files_to_retry=2, forgotten=0)
+    assert second["settled"] == dict(succeeded=2, failed=1, files_transferred=4, files_to_retry=2, forgotten=0,
+                                     destinations=[dict(destination_collection=DST, files_transferred=4,
+                                                        destination_path="/%s-out" % sqlite_job["name"])])
     assert [(t["paths"], t["sync_level"]) for t in second["tasks"]] == [
         (["d1/sub/f1.dat", "d1/sub/f4.dat"], "checksum")]
     emulator.wait_idle()
