@@ -577,7 +577,7 @@ def test_execution_environment_files():
 
 
 def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
-    """The rescue of a job playbook mails the error (community.general.mail), then fails the run."""
+    """The rescue of a job playbook mails the error (scidata.replication.failure_mail), then fails the run."""
     dest = tmp_path / "site"
     dest.mkdir()
     (dest / "not-from-the-module.txt").write_text("replication_report refuses to replace this directory")
@@ -587,7 +587,7 @@ def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
         "scidata_job_defaults": {"state_db": str(tmp_path / "state.db")},
         "scidata_replication_report_options": {"dest": str(dest)},
         "scidata_job_mail": {"to": ["ops@example.org"], "from": "jobs@example.org", "host": "127.0.0.1",
-                             "port": smtp_sink.info["port"], "secure": "never"},
+                             "port": smtp_sink.info["port"], "security": "none"},
     }
     with open(tmp_path / "vars.json", "w") as handle:
         json.dump(variables, handle)
