@@ -74,15 +74,20 @@ class LeanHosts(object):
             found.extend(os.path.relpath(os.path.join(dirpath, f), self.path(host)) for f in filenames)
         return sorted(found)
 
-    def run(self, play, *args, extra_env=None, host_vars=None, name="play"):
-        """Run ``play`` (a list of plays) against the aliases; returns (rc, stdout + stderr)."""
-        inventory = {"all": {"hosts": {h: dict(v, **(host_vars or {}).get(h, {})) for h, v in self.hosts.items()}}}
+    def run(self, play, *args, extra_env=None, host_vars=None, groups=None, name="play"):
+        """Run ``play`` (a list of plays, or the path of a playbook) against the aliases, with ``groups``
+        ({group: [host, ...]}) in the inventory; returns (rc, stdout + stderr)."""
+        inventory = {"all": {"hosts": {h: dict(v, **(host_vars or {}).get(h, {})) for h, v in self.hosts.items()},
+                             "children": {g: {"hosts": {h: {} for h in members}} for g, members in (groups or {}).items()}}}
         inventory_path = os.path.join(self.root, name + "-inventory.json")
         play_path = os.path.join(self.root, name + ".yml")
         with open(inventory_path, "w") as handle:
             json.dump(inventory, handle)
-        with open(play_path, "w") as handle:
-            json.dump(play, handle)
+        if isinstance(play, str):
+            play_path = play
+        else:
+            with open(play_path, "w") as handle:
+                json.dump(play, handle)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                    ANSIBLE_PIPELINING="1")
         env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
