@@ -7,7 +7,10 @@ any role changes it: a typo in the last role's variables stops the host before t
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import subprocess
+import uuid
 
 from roles_support import COLLECTION_ROOT, LeanHosts
 
@@ -16,9 +19,11 @@ SITE = os.path.join(COLLECTION_ROOT, "playbooks", "site.yml")
 
 def test_a_bad_input_of_a_later_role_stops_the_host_before_any_change(sshd):
     hosts = LeanHosts(sshd, ["dash", "jobs"], layout=False)
+    user = "scidpf" + uuid.uuid4().hex[:8]  # a service account the roles would create: the first change
+    account = {"transfer_host_user": user, "transfer_host_group": user}
     host_vars = {
-        "dash": {"dashboard_listen_port": "eighty"},
-        "jobs": {"transfer_host_jobs": [{"name": "events", "playbook": "globus_task_events", "nice": "very"}]},
+        "dash": dict(account, dashboard_listen_port="eighty"),
+        "jobs": dict(account, transfer_host_jobs=[{"name": "events", "playbook": "globus_task_events", "nice": "very"}]),
     }
     groups = {"scidata_transfer_hosts": ["dash", "jobs"], "scidata_dashboard": ["dash"]}
     try:
@@ -28,5 +33,8 @@ def test_a_bad_input_of_a_later_role_stops_the_host_before_any_change(sshd):
         assert recap == {"dash": "0", "jobs": "0"}, output[-4000:]
         assert "dashboard_listen_port" in output and "nice" in output
         assert not os.path.exists(hosts.path("dash")) and not os.path.exists(hosts.path("jobs"))
+        assert user not in {entry.pw_name for entry in pwd.getpwall()}
     finally:
+        subprocess.run(["userdel", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
         hosts.cleanup()
