@@ -72,7 +72,7 @@ def test_each_bad_field_fails_before_anything_is_written(spec_run):
 def test_the_good_job_is_rendered_from_its_checked_fields(spec_run):
     hosts, _rc, output = spec_run
     assert recap(output)["good"] == 0, output[-4000:]
-    assert hosts.files("good") == ["etc/jobs/report.yml", "etc/secrets/report.env",
+    assert hosts.files("good") == ["etc/jobs/manifest-transfer_host.json", "etc/jobs/report.yml", "etc/secrets/report.env",
                                    "systemd/scidata-replication-report.service",
                                    "systemd/scidata-replication-report.timer"]
     with open(hosts.path("good", "systemd/scidata-replication-report.service")) as handle:
