@@ -549,7 +549,7 @@ def test_credential_types_inject_what_the_modules_read():
 
 
 def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
-    """The rescue of a job playbook mails the error (community.general.mail), then fails the run."""
+    """The rescue of a job playbook mails the error (scidata.replication.failure_mail), then fails the run."""
     dest = tmp_path / "site"
     dest.mkdir()
     (dest / "not-from-the-module.txt").write_text("replication_report refuses to replace this directory")
@@ -559,7 +559,7 @@ def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
         "scidata_job_defaults": {"state_db": str(tmp_path / "state.db")},
         "scidata_replication_report_options": {"dest": str(dest)},
         "scidata_job_mail": {"to": ["ops@example.org"], "from": "jobs@example.org", "host": "127.0.0.1",
-                             "port": smtp_sink.info["port"], "secure": "never"},
+                             "port": smtp_sink.info["port"], "security": "none"},
     }
     with open(tmp_path / "vars.json", "w") as handle:
         json.dump(variables, handle)
@@ -582,13 +582,12 @@ def test_job_playbook_mails_its_failure(smtp_sink, tmp_path):
 def test_job_lifecycle_cron_to_systemd_to_absent(deployment):
     """Changing a job's scheduler removes the old schedule's files; state=absent removes everything."""
     play = [{
-        "name": "One job through the job entry point", "hosts": "target", "become": True, "gather_facts": False,
-        "tasks": [{"name": "Schedule it", "ansible.builtin.include_role": {
-            "name": "scidata.replication.transfer_host", "tasks_from": "job.yml"},
-            "vars": {"transfer_host_jobs": [{
-                "name": "lifecycle", "playbook": "globus_task_events", "cron": {"minute": "7"},
-                "scheduler": "{{ lifecycle_scheduler }}", "state": "{{ lifecycle_state }}"}],
-                "transfer_host_job_secrets": {"lifecycle": {"GLOBUS_CLIENT_SECRET": deployment.secrets["client_secret"]}}}}],
+        "name": "One job defined on transfer_host", "hosts": "target", "become": True, "gather_facts": False,
+        "roles": [{"role": "scidata.replication.transfer_host",
+                   "vars": {"transfer_host_jobs": [{
+                       "name": "lifecycle", "playbook": "globus_task_events", "cron": {"minute": "7"},
+                       "scheduler": "{{ lifecycle_scheduler }}", "state": "{{ lifecycle_state }}"}],
+                       "transfer_host_job_secrets": {"lifecycle": {"GLOBUS_CLIENT_SECRET": deployment.secrets["client_secret"]}}}}],
     }]
     path = deployment.path("work", "lifecycle.yml")
     with open(path, "w") as handle:
@@ -605,7 +604,7 @@ def test_job_lifecycle_cron_to_systemd_to_absent(deployment):
                                       ("systemd", "present", {"service", "timer", "playbook", "env"}),
                                       ("systemd", "absent", set())):
         result = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", deployment.inventory, path, "-e",
-                                 "lifecycle_scheduler=%s lifecycle_state=%s" % (scheduler, state)],
+                                 "lifecycle_scheduler=%s lifecycle_state=%s" % (scheduler, state), "--tags", "transfer_host_run"],
                                 capture_output=True, text=True, env=env, timeout=300, check=False)
         assert result.returncode == 0, result.stdout[-4000:]
         assert {name for name, f in files.items() if os.path.exists(f)} == present, (scheduler, state)
