@@ -126,7 +126,8 @@ class RsyncProcesses(object):
         self.lock = threading.Lock()
 
     def __call__(self, argv):
-        process = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
+        # run_command cannot give the child its own process group and a parent-death signal.
+        process = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn,ansible-bad-function
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environ,
             close_fds=True, start_new_session=True, preexec_fn=_die_with_parent)
         with self.lock:
@@ -194,9 +195,9 @@ def stop_earlier_rsyncs(destination, timeout=EARLIER_RSYNC_STOP_SECONDS):
     deadline = time.monotonic() + timeout
     while pids and rsyncs_writing_to(destination):
         if time.monotonic() >= deadline:
+            writers = ", ".join(str(p) for p in rsyncs_writing_to(destination))
             raise RsyncError("an earlier rsync (pid %s) still writes into %s and could not be stopped; nothing "
-                             "was started there" % (", ".join(str(p) for p in rsyncs_writing_to(destination)),
-                                                     destination), path=destination)
+                             "was started there" % (writers, destination), path=destination)
         time.sleep(0.1)
     return pids
 

@@ -1767,8 +1767,8 @@ class DirTrieSync(object):
     def run(self):
         config, index = self.config, self.index
         now = time.time()
-        if index.meta("src_dir") is None and self.db.query_one("SELECT 1 AS known FROM sync_jobs WHERE name = ?",
-                                                              (self.job,)):
+        if index.meta("src_dir") is None and self.db.query_one(
+                "SELECT 1 AS known FROM sync_jobs WHERE name = ?", (self.job,)):
             # A new index for a job that ran before (state=reset, or a lost index): destinations may
             # hold any version, so the first scan's files go with sync_level=checksum.
             with index.transaction():

@@ -201,8 +201,8 @@ def test_under_delete(rel, expected):
 
 def run_tasks(index, dest_ids, outcome, now):
     """Submit every file as DirTrieSync groups them and settle each task by ``outcome(paths)``."""
-    for files, retry in _pathindex.task_groups(index.candidates(dest_ids[0], 100, now=now),
-                                                lambda f: bool(f["st"] & _pathindex.RETRY)):
+    candidates = index.candidates(dest_ids[0], 100, now=now)
+    for files, retry in _pathindex.task_groups(candidates, lambda f: bool(f["st"] & _pathindex.RETRY)):
         index.record_submission(uuid.uuid4().hex, dest_ids[0], "transfer", files)
     for sub in index.open_submissions():
         carried = [r[0] for r in index.conn.execute("SELECT name FROM inflight WHERE sub = ?", (sub["id"],))]
@@ -237,7 +237,10 @@ def test_a_file_failing_alone_backs_off(index, src):
     write(src, "bad", b"x")
     index.scan(src, gone_dests=ids)
     index.file_retry_backoff = 100
-    failing = lambda names: ("FAILED", None)  # noqa: E731
+
+    def failing(_names):
+        return "FAILED", None
+
     run_tasks(index, ids, failing, 1000.0)
     assert paths(index.candidates(ids[0], 10, now=1000.0)) == ["bad"]  # the first retry goes at once
     run_tasks(index, ids, failing, 1000.0)
@@ -251,7 +254,10 @@ def test_a_skipped_file_is_not_marked_sent_and_counts_against_itself(index, src)
     write(src, "locked", b"2")
     index.scan(src, gone_dests=ids)
     index.file_retry_backoff = 0
-    skipping = lambda names: ("SUCCEEDED", {"locked": "skipped: PERMISSION_DENIED"})  # noqa: E731
+
+    def skipping(_names):
+        return "SUCCEEDED", {"locked": "skipped: PERMISSION_DENIED"}
+
     run_tasks(index, ids, skipping, 1000.0)
     entry = index.candidates(ids[0], 10, now=1000.0)
     assert paths(entry) == ["locked"] and entry[0]["st"] & _pathindex.RETRY and index.counts()["pending"] == 1

@@ -35,9 +35,9 @@ def failed_task(db, events):
                                       destination_collection="dst", destination_path="/copy" + path, status="ACTIVE",
                                       submission_id="s1", attempts=1, created_at=NOW, updated_at=NOW)
                                  for path in ("/data/good/", "/data/bad/", "/data/other.nc")], key=ITEM_KEY)
-    db.upsert("task_events", _transfers.event_rows("t1", [dict(time="2026-05-01T00:00:00+00:00", code=code, is_error=True,
-                                                                description=code.lower(), details=details)
-                                                           for code, details in events]), key=["task_id", "fingerprint"])
+    documents = [dict(time="2026-05-01T00:00:00+00:00", code=code, is_error=True, description=code.lower(), details=details)
+                 for code, details in events]
+    db.upsert("task_events", _transfers.event_rows("t1", documents), key=["task_id", "fingerprint"])
     with db.transaction():
         _transfers.settle_items(db, "s1", dict(task_id="t1", status="FAILED", fatal_error=dict(
             code="FILE_NOT_FOUND", description="file not found")), NOW)
