@@ -112,6 +112,9 @@ ENTRIES_PER_MESSAGE = 20000
 PR_SET_PDEATHSIG = 1
 WORKER_DIED = "a scan worker died: the scan stopped, what it had written stays consistent, the next run scans again"
 QUERY_CHUNK = 500
+# Task rows the index settles: LOST (the identity cannot see the task) and REJECTED (Globus refused
+# the request) leave their files to be sent again, as FAILED does.
+SETTLED_TASK_STATUSES = ("SUCCEEDED", "FAILED", "LOST", "REJECTED")
 # A file whose ctime is this close to the end of its hashing may be rewritten within the same
 # timestamp tick without its ctime moving: its ctime is stored as unknown, so the next scan hashes
 # it again (coarse kernel timestamps move every 1 to 10 ms).
@@ -1789,7 +1792,7 @@ class DirTrieSync(object):
             refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
             settled = self.settle()
         else:
-            resubmitted = resubmit_unconfirmed(self.db, self.client, self.job)
+            resubmitted = resubmit_unconfirmed(self.db, self.client, self.job, on_rejected=settled_by_the_index)
             refresh_tasks(self.db, self.client, open_task_ids(self.db, jobs=[self.job]))
             settled = self.settle()
             scan = self.scan()
@@ -1860,13 +1863,14 @@ class DirTrieSync(object):
                 self.index.drop_submission(sub)
                 summary["forgotten"] += 1
                 continue
-            if row["status"] not in ("SUCCEEDED", "FAILED"):
+            if row["status"] not in SETTLED_TASK_STATUSES:
                 continue
+            status = "SUCCEEDED" if row["status"] == "SUCCEEDED" else "FAILED"
             skipped = None
             if row["status"] == "SUCCEEDED" and sub["kind"] == "transfer" and row["task_id"]:
                 skipped = self.skipped_paths(row)
-            count = self.index.settle(sub, row["status"], self.dest_ids, skipped, reason=failure_reason(row))
-            if row["status"] == "SUCCEEDED":
+            count = self.index.settle(sub, status, self.dest_ids, skipped, reason=failure_reason(row))
+            if status == "SUCCEEDED":
                 summary["succeeded"] += 1
                 if sub["kind"] == "transfer" and sub["dest"] in by_destination:
                     summary["files_transferred"] += count
@@ -2045,8 +2049,9 @@ class DirTrieSync(object):
         def link(db, submission_id):
             self.index.record_submission(submission_id, dest_id, "transfer", files)
 
-        result = submit_exactly_once(self.db, self.client, self.job, document, link=link)
-        report.update(submission_id=result["submission_id"], task_id=result["task_id"], code=result["code"])
+        result = submit_exactly_once(self.db, self.client, self.job, document, link=link,
+                                     on_rejected=settled_by_the_index)
+        report.update((key, value) for key, value in result.items() if key in ("submission_id", "task_id", "code", "error"))
         return report
 
     # -- 5. deletes on the destination (only when asked) ---------------------------------------
@@ -2079,8 +2084,10 @@ class DirTrieSync(object):
                     def link(db, submission_id, dest_id=dest_id, paths=paths):
                         self.index.record_submission(submission_id, dest_id, "delete", gone=paths)
 
-                    result = submit_exactly_once(self.db, self.client, self.job, document, link=link, kind="delete")
-                    report.update(submission_id=result["submission_id"], task_id=result["task_id"])
+                    result = submit_exactly_once(self.db, self.client, self.job, document, link=link, kind="delete",
+                                                 on_rejected=settled_by_the_index)
+                    report.update((key, value) for key, value in result.items()
+                                  if key in ("submission_id", "task_id", "error"))
                 reports.append(report)
         return reports
 
@@ -2126,9 +2133,14 @@ def task_groups(files, needs_checksum):
     return groups
 
 
+def settled_by_the_index(db, submission_id, message):
+    """``on_rejected`` of dir_trie_sync's submissions: a request Globus refused is never sent again,
+    and its files go back to pending when the index settles the REJECTED task row."""
+
+
 def failure_reason(row):
-    """What a failed task's row says went wrong: its fatal error, else its nice_status."""
-    if row["status"] != "FAILED":
+    """What a failed, LOST or REJECTED task's row says went wrong: its fatal error, else its nice_status."""
+    if row["status"] == "SUCCEEDED":
         return None
     if row["fatal_error"]:
         fatal = json.loads(row["fatal_error"])
