@@ -575,8 +575,7 @@ def sync(module):
     if preflight is not None:
         result["preflight"] = [dict(id=entry["id"], ready=entry["ready"]) for entry in preflight]
     if module.diff_mode:
-        result["diff"] = dict(prepared=_pathindex.planned_diff(result["tasks"], result["deletes"],
-                                                              config["sample_size"]))
+        result["diff"] = dict(prepared=_pathindex.planned_diff(result["tasks"], result["deletes"], config["sample_size"]))
     return result
 
 
