@@ -18,7 +18,6 @@ import datetime
 import fcntl
 import json
 import os
-import sys
 import time
 import traceback
 
@@ -29,13 +28,12 @@ from ansible_collections.scidata.replication.plugins.module_utils._errors import
 )
 from ansible_collections.scidata.replication.plugins.module_utils._globus import AUTH_MODES, transfer_client
 from ansible_collections.scidata.replication.plugins.module_utils._names import shown_data
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
 from ansible_collections.scidata.replication.plugins.module_utils._state import open_state
 
 DEFAULT_STATE_DB = "~/.local/state/scidata-replication/state.db"
 DEFAULT_TOKEN_FILE = "~/.globus/scidata-replication/tokens.json"
 LOCK_POLL_SECONDS = 0.2
-# Documented in the scidata.replication._attributes doc fragment (requirements).
-MIN_PYTHON = (3, 9)
 
 # Documented in the scidata.replication._state doc fragment.
 STATE_ARGUMENT_SPEC = dict(
@@ -101,17 +99,11 @@ class ReplicationModule(object):
     """Wraps ``AnsibleModule`` (composition, as amazon.aws does) with the collection's services."""
 
     def __init__(self, argument_spec, uses_state=True, uses_globus=False, **kwargs):
+        refuse_unsupported_python()
         spec = dict(STATE_ARGUMENT_SPEC) if uses_state else {}
         if uses_globus:
             spec.update(GLOBUS_ARGUMENT_SPEC)
         spec.update(argument_spec)
-        if sys.version_info < MIN_PYTHON:
-            # Before validation, which would report a missing option first; secrets stay masked.
-            lenient = dict((name, dict(type="raw", aliases=option.get("aliases", []), no_log=option.get("no_log", False)))
-                           for name, option in spec.items())
-            AnsibleModule(argument_spec=lenient, supports_check_mode=True).fail_json(
-                msg="scidata.replication needs Python %d.%d or later on the managed host; %s is Python %s. Set "
-                    "ansible_python_interpreter to a newer Python." % (MIN_PYTHON + (sys.executable, sys.version.split()[0])))
         self.ansible = AnsibleModule(argument_spec=spec, **kwargs)
         self.params = self.ansible.params
         self.check_mode = self.ansible.check_mode

@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: epn_alert
 short_description: Mail an alert about synchrotron EPNs that have no project folder
@@ -264,30 +262,37 @@ import datetime
 import time
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.scidata.replication.plugins.module_utils._errors import PortalError
-from ansible_collections.scidata.replication.plugins.module_utils._epn import (
-    PORTAL_ARGUMENT_SPEC,
-    SSH_ARGUMENT_SPEC,
-    epn_directory,
-    fetch_visits,
-    list_epn_folders,
-    plan_alert,
-    portal_clients_from_params,
-    sftp_session_from_params,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._epnsync import EpnStore
-from ansible_collections.scidata.replication.plugins.module_utils._mail import (
-    DEFAULT_SMTP_TIMEOUT,
-    DEFAULT_SUBJECT,
-    SECURITY_CHOICES,
-    build_message,
-    now_text,
-    read_template,
-    render_alert,
-    send_message,
-    table_rows,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._errors import PortalError
+    from ansible_collections.scidata.replication.plugins.module_utils._epn import (
+        PORTAL_ARGUMENT_SPEC,
+        SSH_ARGUMENT_SPEC,
+        epn_directory,
+        fetch_visits,
+        list_epn_folders,
+        plan_alert,
+        portal_clients_from_params,
+        sftp_session_from_params,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._epnsync import EpnStore
+    from ansible_collections.scidata.replication.plugins.module_utils._mail import (
+        DEFAULT_SMTP_TIMEOUT,
+        DEFAULT_SUBJECT,
+        SECURITY_CHOICES,
+        build_message,
+        now_text,
+        read_template,
+        render_alert,
+        send_message,
+        table_rows,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def alert(module):

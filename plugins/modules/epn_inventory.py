@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: epn_inventory
 short_description: Record the synchrotron EPN folders on an SFTP server in the state database
@@ -173,15 +171,22 @@ msg:
 
 import time
 
-from ansible_collections.scidata.replication.plugins.module_utils._epn import (
-    SSH_ARGUMENT_SPEC,
-    epn_directory,
-    list_epn_folders,
-    sftp_session_from_params,
-    walk_epn_folders,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._epnsync import EpnStore
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._epn import (
+        SSH_ARGUMENT_SPEC,
+        epn_directory,
+        list_epn_folders,
+        sftp_session_from_params,
+        walk_epn_folders,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._epnsync import EpnStore
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 MAX_REPORTED_ERRORS = 10
 

@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: epn_rsync
 short_description: Repatriate synchrotron experiment data (EPNs) with rsync over SSH
@@ -487,26 +485,33 @@ locked:
 
 import os
 
-from ansible_collections.scidata.replication.plugins.module_utils._epn import (
-    DEFAULT_DEST_TEMPLATE,
-    DEFAULT_SOURCE_TEMPLATE,
-    PORTAL_ARGUMENT_SPEC,
-    SSH_ARGUMENT_SPEC,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
-    DEFAULT_CLAIM_TTL,
-    DEFAULT_MISSING_SOURCE_DAYS,
-    EpnRsyncRun,
-    RsyncProcesses,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
-from ansible_collections.scidata.replication.plugins.module_utils._rsync import (
-    DEFAULT_IO_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PARTIAL_DIR,
-    RSYNC_ENVIRONMENT,
-)
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._epn import (
+        DEFAULT_DEST_TEMPLATE,
+        DEFAULT_SOURCE_TEMPLATE,
+        PORTAL_ARGUMENT_SPEC,
+        SSH_ARGUMENT_SPEC,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._epnsync import (
+        DEFAULT_CLAIM_TTL,
+        DEFAULT_MISSING_SOURCE_DAYS,
+        EpnRsyncRun,
+        RsyncProcesses,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+    from ansible_collections.scidata.replication.plugins.module_utils._rsync import (
+        DEFAULT_IO_TIMEOUT,
+        DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_PARTIAL_DIR,
+        RSYNC_ENVIRONMENT,
+    )
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def sync(module):

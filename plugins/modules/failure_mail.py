@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: failure_mail
 short_description: Mail the failure of a replication job
@@ -113,13 +111,20 @@ refused_recipients:
 """
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.scidata.replication.plugins.module_utils._mail import (
-    DEFAULT_SMTP_TIMEOUT,
-    SECURITY_CHOICES,
-    build_message,
-    send_message,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._mail import (
+        DEFAULT_SMTP_TIMEOUT,
+        SECURITY_CHOICES,
+        build_message,
+        send_message,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def send(module):

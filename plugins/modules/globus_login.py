@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: globus_login
 short_description: Log a native Globus app in once and keep its refresh token for unattended runs
@@ -123,11 +121,18 @@ scopes:
 """
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.scidata.replication.plugins.module_utils._globus import NativeLogin
-from ansible_collections.scidata.replication.plugins.module_utils._module import (
-    DEFAULT_TOKEN_FILE,
-    ReplicationModule,
-)
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._globus import NativeLogin
+    from ansible_collections.scidata.replication.plugins.module_utils._module import (
+        DEFAULT_TOKEN_FILE,
+        ReplicationModule,
+    )
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def login(module):

@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: globus_task_events
 short_description: Refresh Globus task status and collect task events into the state database
@@ -145,9 +143,16 @@ fetch_failed:
 
 import time
 
-from ansible_collections.scidata.replication.plugins.module_utils import _transfers
-from ansible_collections.scidata.replication.plugins.module_utils._errors import GlobusError
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils import _transfers
+    from ansible_collections.scidata.replication.plugins.module_utils._errors import GlobusError
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def collect(module):

@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: globus_transfer
 short_description: Replicate lists of paths between Globus collections, tracking every item
@@ -348,13 +346,20 @@ resubmitted:
 
 import time
 
-from ansible_collections.scidata.replication.plugins.module_utils import _transfers
-from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
-from ansible_collections.scidata.replication.plugins.module_utils._globus import (
-    resubmit_unconfirmed,
-    unconfirmed_submissions,
-)
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils import _transfers
+    from ansible_collections.scidata.replication.plugins.module_utils._errors import ConfigError
+    from ansible_collections.scidata.replication.plugins.module_utils._globus import (
+        resubmit_unconfirmed,
+        unconfirmed_submissions,
+    )
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 TRANSFER_OPTIONS = tuple(_transfers.TRANSFER_ARGUMENT_SPEC) + ("filter_rules", "delete_destination_extra")
 

@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: replication_report
 short_description: Write the replication dashboard, a static site, from the state database
@@ -249,8 +247,15 @@ locked:
 
 import os
 
-from ansible_collections.scidata.replication.plugins.module_utils import _report
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils import _report
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def write_report(module):

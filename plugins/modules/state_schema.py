@@ -4,8 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 module: state_schema
 short_description: Ensure the replication state database exists with a current schema
@@ -89,13 +87,20 @@ locked:
 
 import os
 
-from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
-from ansible_collections.scidata.replication.plugins.module_utils._state import (
-    LATEST_VERSION,
-    MIGRATIONS,
-    StateDB,
-    parse_state_db,
-)
+from ansible_collections.scidata.replication.plugins.module_utils._python_floor import refuse_unsupported_python
+
+try:
+    from ansible_collections.scidata.replication.plugins.module_utils._module import ReplicationModule
+    from ansible_collections.scidata.replication.plugins.module_utils._state import (
+        LATEST_VERSION,
+        MIGRATIONS,
+        StateDB,
+        parse_state_db,
+    )
+except SyntaxError:
+    # A Python too old to compile the collection's code gets the same clear refusal as one that can.
+    refuse_unsupported_python()
+    raise
 
 
 def ensure_schema(module):

@@ -3,8 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """On a managed host with Python older than 3.9, every module fails with one clear message before doing
 anything, whatever its options, and without echoing a secret. The oldest supported ansible-core still runs
-modules on Python 3.7 and 3.8 (newer ones refuse them themselves), so the runs use it: ci.sh exports
-SCIDATA_FLOOR_BIN, the bin directory of .venv-floor."""
+modules on Python 2.7 and 3.6 to 3.8 (newer ones refuse them themselves), so the runs use it: ci.sh exports
+SCIDATA_FLOOR_BIN, the bin directory of .venv-floor. Python 2.7 and 3.6 cannot even compile the collection's
+module_utils, and still get the same message."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ COLLECTION_ROOT = os.path.dirname(TESTS_DIR)
 COLLECTIONS_PATH = os.path.dirname(os.path.dirname(os.path.dirname(COLLECTION_ROOT)))
 MODULES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(COLLECTION_ROOT, "plugins", "modules", "*.py")))
 # pyenv's layout, as tests/harness/setup.sh finds its Python 3.12
-PYTHONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))),
-                                        "3.[78].*", "bin", "python")))
+PYENV_VERSIONS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+PYTHONS = sorted(p for pattern in ("2.7.*", "3.[678].*") for p in glob.glob(os.path.join(PYENV_VERSIONS, pattern, "bin", "python")))
+
+
+def version_of(python):
+    """The version of a pyenv Python, from its directory name: /root/.pyenv/versions/3.6.15/bin/python -> 3.6.15"""
+    return os.path.basename(os.path.dirname(os.path.dirname(python)))
 
 
 def test_old_pythons_are_available():
-    assert {os.path.basename(os.path.dirname(os.path.dirname(p)))[:3] for p in PYTHONS} == {"3.7", "3.8"}, PYTHONS
+    assert {version_of(p)[:3] for p in PYTHONS} == {"2.7", "3.6", "3.7", "3.8"}, PYTHONS
 
 
 @pytest.mark.parametrize("python", PYTHONS)
@@ -56,8 +62,10 @@ def test_every_module_refuses_python_before_3_9_clearly(python, tmp_path):
                          capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "s3cret" not in run.stdout + run.stderr
-    expected = "scidata.replication needs Python 3.9 or later on the managed host; %s is Python 3." % python
+    expected = ("scidata.replication needs Python 3.9 or later on the managed host; %s is Python %s. "
+                "Set ansible_python_interpreter to a newer Python." % (python, version_of(python)))
+    assert "s3cret" not in results.read_text()  # the registered results, invocation included
     outcome = json.loads(results.read_text())
-    assert {m: r.get("msg", "")[:len(expected)] for m, r in outcome.items()} == dict.fromkeys(MODULES, expected)
+    assert {m: r.get("msg") for m, r in outcome.items()} == dict.fromkeys(MODULES, expected)
     assert all(r["failed"] and not r["changed"] for r in outcome.values())
     assert not state_db.exists()
