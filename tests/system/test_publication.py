@@ -29,7 +29,7 @@ SHIPPED = re.compile(r"""^(?:
   | changelogs/(?:changelog|config)\.yaml
   | meta/(?:runtime\.yml|execution-environment\.yml|ee-requirements\.txt|ee-bindep\.txt)
   | plugins/(?:modules|module_utils|doc_fragments)/\w+\.py
-  | roles/\w+/(?:README\.md|(?:defaults|handlers|meta|tasks|templates|vars)/[\w./-]+)
+  | roles/\w+/(?:README\.md|(?:defaults|handlers|meta|tasks|templates|vars)/[\w./@-]+)
   | playbooks/(?!demo\.yml$)[\w./-]+\.yml
   | docs/[\w./-]+
   | tests/config\.yml
