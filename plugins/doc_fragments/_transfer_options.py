@@ -60,3 +60,18 @@ options:
     type: bool
     default: false
 """
+
+    # The one task budget of the Globus identity, shared by every module that submits tasks
+    # (TASK_BUDGET_ARGUMENT_SPEC in plugins/module_utils/_transfers.py).
+    TASK_BUDGET = r"""
+options:
+  identity_max_open_tasks:
+    description:
+      - Open (not finished) tasks allowed for the Globus identity, counted over every route, job and
+        host that share O(state_db). Globus refuses new tasks from a user who has 100 unfinished ones.
+      - Checked in the same database transaction that records a new task, so concurrent runs of this
+        and the other submitting modules never exceed it together. What has no room stays pending
+        for the next run, and the result says it waits for task budget.
+    type: int
+    default: 100
+"""

@@ -77,12 +77,17 @@ from ansible_collections.scidata.replication.plugins.module_utils._errors import
 from ansible_collections.scidata.replication.plugins.module_utils._globus import (
     api_errors,
     collection_readiness,
+    new_submission_id,
+    persist_submission,
+    post_submission,
     resubmit_unconfirmed,
-    submit_exactly_once,
     unconfirmed_submissions,
 )
 from ansible_collections.scidata.replication.plugins.module_utils._names import shown_name
 from ansible_collections.scidata.replication.plugins.module_utils._transfers import (
+    budget_reason,
+    claim_task_budget,
+    identity_open_tasks,
     join_path,
     open_task_ids,
     refresh_tasks,
@@ -1750,7 +1755,7 @@ class DirTrieSync(object):
 
     ``config`` holds the module's options (job, src_dir, source_collection, source_path,
     destinations, include, exclude, items_per_task, max_submissions_per_run, max_active_tasks,
-    label, sample_size, delete_destination and the TransferData ``options``).
+    identity_max_open_tasks, label, sample_size, delete_destination and the TransferData ``options``).
     """
 
     def __init__(self, index, config, db, client, check_mode=False, warn=None):
@@ -1766,6 +1771,8 @@ class DirTrieSync(object):
         self.dest_ids = []
         self.destinations = {}
         self._fake = 0
+        # Why this run stopped submitting, once the identity's task budget has no room left.
+        self.budget_wait = None
 
     def run(self):
         config, index = self.config, self.index
@@ -1802,6 +1809,8 @@ class DirTrieSync(object):
         directories = self.make_dirs()
         tasks, reason = self.submit()
         deletes = self.submit_deletes() if config["delete_destination"] else []
+        if self.budget_wait:
+            reason = self.budget_wait
         state = index.counts()
         for kind, warning in (("symlinks", "are symbolic links: not followed, not sent"),
                               ("special", "are not regular files (FIFOs, sockets, devices): not sent"),
@@ -1823,7 +1832,9 @@ class DirTrieSync(object):
             counts=dict(counts, empty_dirs=directories["pending"]), samples=dict(samples,
                                                                                  empty_dirs=directories["sample"]),
             scan_seconds=round(scan.seconds, 3), scan_workers=scan.workers, settled=settled,
-            resubmitted=resubmitted, tasks=tasks, reason=reason, directories_created=directories["created"],
+            resubmitted=resubmitted, tasks=tasks, reason=reason, waiting_for_budget=bool(self.budget_wait),
+            task_budget=dict(open_tasks=identity_open_tasks(self.db), limit=config["identity_max_open_tasks"]),
+            directories_created=directories["created"],
             directory_errors=directories["errors"],
             deletes=deletes, pending=state["pending"], in_flight=state["in_flight"], open_tasks=state["open_tasks"],
             deletes_pending=state["deletes_pending"], quarantined=dict(count=quarantined, files=failed_files),
@@ -1977,9 +1988,9 @@ class DirTrieSync(object):
         budget = config["max_submissions_per_run"]
         tasks = []
         active = list(self.dest_ids)
-        while budget > 0 and active:
+        while budget > 0 and active and not self.budget_wait:
             for dest_id in list(active):
-                if budget <= 0:
+                if budget <= 0 or self.budget_wait:
                     break
                 if slots[dest_id] <= 0:
                     active.remove(dest_id)
@@ -1991,7 +2002,10 @@ class DirTrieSync(object):
                 for group, retry in task_groups(files, self.needs_checksum):
                     if budget <= 0 or slots[dest_id] <= 0:
                         break
-                    tasks.append(self.submit_batch(dest_id, group, retry))
+                    report = self.submit_batch(dest_id, group, retry)
+                    if report is None:
+                        break  # no task budget left: the files stay pending
+                    tasks.append(report)
                     budget -= 1
                     slots[dest_id] -= 1
         return tasks, None if tasks else self.idle_reason(slots)
@@ -2027,8 +2041,33 @@ class DirTrieSync(object):
             return entry["size"] == sent[0]
         return False
 
+    def room_for_task(self):
+        """Whether the identity's task budget (shared with every job and route on the state
+        database) has room for one more task; if not, the run waits and says why."""
+        if not self.budget_wait:
+            open_tasks = identity_open_tasks(self.db) + (self._fake if self.check_mode else 0)
+            if open_tasks >= self.config["identity_max_open_tasks"]:
+                self.budget_wait = budget_reason(open_tasks, self.config["identity_max_open_tasks"])
+        return not self.budget_wait
+
+    def submit_task(self, document, kind, link):
+        """Submit exactly once, if the budget still has room when the task is recorded (checked in
+        that write transaction, as globus_transfer's claim does); None when it has not. The
+        submission id is fetched first, so that no write lock is held across a network call."""
+        submission_id = new_submission_id(self.client)
+        with self.db.transaction():
+            self.budget_wait = claim_task_budget(self.db, self.config["identity_max_open_tasks"])
+            if self.budget_wait:
+                return None
+            persist_submission(self.db, self.client, self.job, document, link=link, kind=kind,
+                               submission_id=submission_id)
+        return post_submission(self.db, self.client, submission_id, on_rejected=settled_by_the_index)
+
     def submit_batch(self, dest_id, files, retry):
+        """One transfer task for ``files``: its report, or None when the task budget has no room."""
         config = self.config
+        if not self.room_for_task():
+            return None
         destination = self.destinations[dest_id]
         items = [dict(source_path=join_path(config["source_path"], f["path"]),
                       destination_path=join_path(destination["path"], f["path"]), recursive=False) for f in files]
@@ -2049,8 +2088,9 @@ class DirTrieSync(object):
         def link(db, submission_id):
             self.index.record_submission(submission_id, dest_id, "transfer", files)
 
-        result = submit_exactly_once(self.db, self.client, self.job, document, link=link,
-                                     on_rejected=settled_by_the_index)
+        result = self.submit_task(document, "transfer", link)
+        if result is None:
+            return None
         report.update((key, value) for key, value in result.items() if key in ("submission_id", "task_id", "code", "error"))
         return report
 
@@ -2063,7 +2103,7 @@ class DirTrieSync(object):
             destination = self.destinations[dest_id]
             while True:
                 paths = self.index.gone_paths(dest_id, config["items_per_task"])
-                if not paths:
+                if not paths or not self.room_for_task():
                     break
                 label = render_label(config["label"], route=self.job, items=len(paths),
                                      first=label_name(paths[0]),
@@ -2084,8 +2124,9 @@ class DirTrieSync(object):
                     def link(db, submission_id, dest_id=dest_id, paths=paths):
                         self.index.record_submission(submission_id, dest_id, "delete", gone=paths)
 
-                    result = submit_exactly_once(self.db, self.client, self.job, document, link=link, kind="delete",
-                                                 on_rejected=settled_by_the_index)
+                    result = self.submit_task(document, "delete", link)
+                    if result is None:
+                        break  # no task budget left: the deletes stay queued
                     report.update((key, value) for key, value in result.items()
                                   if key in ("submission_id", "task_id", "error"))
                 reports.append(report)

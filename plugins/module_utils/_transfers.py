@@ -75,6 +75,8 @@ TRANSFER_ARGUMENT_SPEC = dict(
     notify_on_inactive=dict(type="bool", default=False),
 )
 TRANSFER_MUTUALLY_EXCLUSIVE = [("deadline", "time_limit")]
+# The identity's task budget every submitting module takes (scidata.replication._transfer_options.task_budget).
+TASK_BUDGET_ARGUMENT_SPEC = dict(identity_max_open_tasks=dict(type="int", default=100))
 
 
 # -- paths and items -------------------------------------------------------------------------
@@ -255,6 +257,16 @@ def budget_reason(open_tasks, limit):
         open_tasks, limit)
 
 
+def claim_task_budget(db, limit):
+    """Inside the caller's write transaction, before it writes a new task: None when the identity
+    has room for one more open task, else the reason to wait. On PostgreSQL the claim lock makes
+    this check and the caller's writes one step for every process sharing the state database."""
+    if db.dialect == "postgresql":
+        db.execute("SELECT pg_advisory_xact_lock(?)", (PG_CLAIM_LOCK_KEY,))
+    identity_open = identity_open_tasks(db)
+    return budget_reason(identity_open, limit) if identity_open >= limit else None
+
+
 def eligible_items(db, route, limit, now, policy):
     """PENDING items, then FAILED ones whose backoff has passed, in the route's order."""
     if limit <= 0:
@@ -337,11 +349,9 @@ def claim_items(db, route, items, policy, now):
     more attempt. The conditional update (same status and attempts as planned) makes the claim
     atomic whatever else runs; on PostgreSQL, rows another transaction holds are skipped instead
     of waited for, and the claim lock makes the budget check and the claim one step."""
-    if db.dialect == "postgresql":
-        db.execute("SELECT pg_advisory_xact_lock(?)", (PG_CLAIM_LOCK_KEY,))
-    identity_open = identity_open_tasks(db)
-    if identity_open >= policy["identity_max_open_tasks"]:
-        return [], budget_reason(identity_open, policy["identity_max_open_tasks"]), True
+    waiting = claim_task_budget(db, policy["identity_max_open_tasks"])
+    if waiting:
+        return [], waiting, True
     open_tasks = route_task_state(db, route["name"])[0]
     if open_tasks >= route_task_limit(route, policy):
         return [], "%d tasks already active" % open_tasks, False

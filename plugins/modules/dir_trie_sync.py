@@ -35,6 +35,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._state
   - scidata.replication._transfer_options
+  - scidata.replication._transfer_options.task_budget
   - scidata.replication._attributes
   - scidata.replication._attributes.actiongroup_state_globus
 attributes:
@@ -427,8 +428,29 @@ reason:
     - Why nothing was submitted, if so - nothing to send; waiting for open tasks (no free task slot);
       the pending files are in open tasks; they wait for deletes on a destination to finish first; or
       they are quarantined or wait for their retry time after failures.
+    - Also set when the run stopped because the Globus identity has O(identity_max_open_tasks) open tasks
+      (see RV(waiting_for_budget)), even after some tasks went out.
   returned: when O(state=present)
   type: str
+waiting_for_budget:
+  description:
+    - Whether files or deletes were left pending because the Globus identity already had
+      O(identity_max_open_tasks) open tasks (of this job, other jobs and globus_transfer routes sharing
+      O(state_db)). Nothing is lost; a later run sends them once tasks have finished.
+  returned: when O(state=present)
+  type: bool
+task_budget:
+  description: The Globus identity's open tasks after this run, against O(identity_max_open_tasks).
+  returned: when O(state=present)
+  type: dict
+  sample: {open_tasks: 3, limit: 100}
+  contains:
+    open_tasks:
+      description: Tasks of every job and route sharing the state database that are not finished.
+      type: int
+    limit:
+      description: O(identity_max_open_tasks).
+      type: int
 resubmitted:
   description: Submissions an earlier run had persisted but not seen accepted, posted again with the same id.
   returned: when O(state=present)
@@ -543,7 +565,8 @@ def job_config(params):
                   source_path=params["source_path"], destinations=params["destinations"] or [],
                   include=params["include"], exclude=params["exclude"], items_per_task=params["items_per_task"],
                   max_submissions_per_run=params["max_submissions_per_run"],
-                  max_active_tasks=params["max_active_tasks"], max_file_failures=params["max_file_failures"],
+                  max_active_tasks=params["max_active_tasks"], identity_max_open_tasks=params["identity_max_open_tasks"],
+                  max_file_failures=params["max_file_failures"],
                   file_retry_backoff=params["file_retry_backoff"], label=params["label"],
                   sample_size=params["sample_size"], delete_destination=params["delete_destination"],
                   scan_workers=_pathindex.scan_workers(params["scan_workers"]), options=options, skip_rel=skip_rel)
@@ -649,7 +672,8 @@ def main():
             sample_size=dict(type="int", default=20),
             scan_workers=dict(type="int", default=0),
             label=dict(type="str", default="{route} {date}"),
-            **_transfers.TRANSFER_ARGUMENT_SPEC
+            **_transfers.TRANSFER_ARGUMENT_SPEC,
+            **_transfers.TASK_BUDGET_ARGUMENT_SPEC
         ),
         uses_globus=True,
         mutually_exclusive=_transfers.TRANSFER_MUTUALLY_EXCLUSIVE,

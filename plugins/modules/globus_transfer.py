@@ -34,6 +34,7 @@ extends_documentation_fragment:
   - scidata.replication._globus
   - scidata.replication._state
   - scidata.replication._transfer_options
+  - scidata.replication._transfer_options.task_budget
   - scidata.replication._attributes
   - scidata.replication._attributes.actiongroup_state_globus
 attributes:
@@ -124,15 +125,6 @@ options:
     description: Open tasks allowed per route (Globus runs 3 transfer tasks per user at once).
     type: int
     default: 3
-  identity_max_open_tasks:
-    description:
-      - Open (not finished) tasks allowed for the Globus identity, counted over every route, job and
-        host that share O(state_db). Globus refuses new tasks from a user who has 100 unfinished ones.
-      - A route that has items to send but no room left reports C(waiting_for_budget=true) in its entry of RV(routes).
-      - Checked in the same database transaction that claims the items, so concurrent runs never
-        exceed it.
-    type: int
-    default: 100
   max_submissions_per_run:
     description: Tasks submitted per run across all routes.
     type: int
@@ -498,7 +490,6 @@ def main():
                 order=dict(type="str", default="asc", choices=["asc", "desc"]),
             )),
             max_active_tasks=dict(type="int", default=3),
-            identity_max_open_tasks=dict(type="int", default=100),
             max_submissions_per_run=dict(type="int", default=10),
             items_per_task=dict(type="int", default=1),
             max_attempts=dict(type="int", default=5),
@@ -512,7 +503,8 @@ def main():
             )),
             delete_destination_extra=dict(type="bool", default=False),
             delete_after_success=dict(type="bool", default=False),
-            **_transfers.TRANSFER_ARGUMENT_SPEC
+            **_transfers.TRANSFER_ARGUMENT_SPEC,
+            **_transfers.TASK_BUDGET_ARGUMENT_SPEC
         ),
         uses_globus=True,
         mutually_exclusive=_transfers.TRANSFER_MUTUALLY_EXCLUSIVE,

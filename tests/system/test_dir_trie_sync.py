@@ -452,6 +452,7 @@ elif point == "linked":
     _pathindex.PathIndex.record_submission = counting(_pathindex.PathIndex.record_submission, before=False)
 elif point == "persisted":
     _globus.post_submission = counting(_globus.post_submission)
+    _pathindex.post_submission = counting(_pathindex.post_submission)
 elif point == "posted":
     globus_sdk.TransferClient.submit_transfer = counting(globus_sdk.TransferClient.submit_transfer, before=False)
 sys.argv = [module_path, args_file]

@@ -54,7 +54,8 @@ def config_for(job, src_dir, index_path, destinations):
     options.update(delete_destination_extra=False, filter_rules=[])
     return dict(job=job, src_dir=src_dir, index_path=index_path, source_collection=SRC, source_path="/" + job,
                 destinations=destinations, include=[], exclude=[], items_per_task=3, max_submissions_per_run=10,
-                max_active_tasks=3, label="{route} {date}", sample_size=20, delete_destination=True,
+                max_active_tasks=3, identity_max_open_tasks=100, label="{route} {date}", sample_size=20,
+                delete_destination=True,
                 scan_workers=1, options=options, skip_rel=[],
                 # Injected failures pass: no backoff, no quarantine (tested on their own), so runs converge.
                 max_file_failures=1000, file_retry_backoff=0)
