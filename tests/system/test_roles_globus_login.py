@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import pwd
 import re
 import stat
 import subprocess
+import time
 import uuid
 
 import pytest
 
 from globus_setup import NATIVE
-from roles_support import COLLECTION_ROOT, LeanHosts
+from roles_support import BIN, COLLECTION_ROOT, COLLECTIONS_PATH, LeanHosts
 
 PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "globus_login.yml")
 
@@ -83,3 +85,41 @@ def test_login_on_a_transfer_host_as_the_service_account_without_echo(service_ho
         assert "refresh_token" in handle.read()
     rc, output = login(hosts, emulator, tmp_path)  # logged in: nothing asked, nothing changed
     assert rc == 0 and "changed=0" in output, output[-4000:]
+
+
+def login_at_a_terminal(hosts, emulator, tmp_path):
+    """The playbook at a terminal, answered like a person: the code typed at the prompt; returns
+    (rc, everything the terminal showed, code)."""
+    rc, output = login(hosts, emulator, tmp_path, "--list-hosts")  # writes the inventory and the variables
+    assert rc == 0, output[-4000:]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1")
+    env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(hosts.root, "login-inventory.json"),
+            "-e", "@%s" % (tmp_path / "login-vars.json"), PLAYBOOK]
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, env)
+    shown, code = b"", None
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # the playbook ended and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+        if code is None and b"paste the authorization code" in shown:
+            code = emulator.follow_authorize_url(re.search(rb"(http\S+/authorize\S*)", shown).group(1).decode())
+            time.sleep(1)  # let the prompt switch the terminal's echo off before typing
+            os.write(terminal, code.encode() + b"\r")
+    _pid, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), code
+
+
+def test_code_typed_at_the_prompt_is_not_echoed(service_host, emulator, tmp_path):
+    hosts, user, home = service_host
+    rc, shown, code = login_at_a_terminal(hosts, emulator, tmp_path)
+    assert code and rc == 0, shown[-4000:]
+    assert code not in shown
+    token_file = os.path.join(home, ".globus", "scidata-replication", "tokens.json")
+    assert pwd.getpwuid(os.stat(token_file).st_uid).pw_name == user
