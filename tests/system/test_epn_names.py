@@ -84,7 +84,7 @@ def test_alert_is_sent_when_a_listing_holds_names_that_are_not_utf8(ansible, ssh
 
 
 def test_rsync_check_diff_and_apply_with_names_that_are_not_utf8(ansible, sshd, tmp_path):
-    source = bad_site(tmp_path / "src" / "MX")
+    bad_site(tmp_path / "src" / "MX")
     state_db = str(tmp_path / "state.db")
     log = tmp_path / "rsync.jsonl"
     args = ssh_args(sshd.info, src_prefix=str(tmp_path / "src"), beamline="MX", epn_cap_map=CAP_MAP,
