@@ -120,6 +120,8 @@ QUERY_CHUNK = 500
 # Task rows the index settles: LOST (the identity cannot see the task) and REJECTED (Globus refused
 # the request) leave their files to be sent again, as FAILED does.
 SETTLED_TASK_STATUSES = ("SUCCEEDED", "FAILED", "LOST", "REJECTED")
+HOME_RELATIVE = ("under a top-level directory named ~ that Globus reads as the home directory (/~/): it cannot be "
+                 "addressed; rename the directory or choose a source_path and destination path below /")
 # A file whose ctime is this close to the end of its hashing may be rewritten within the same
 # timestamp tick without its ctime moving: its ctime is stored as unknown, so the next scan hashes
 # it again (coarse kernel timestamps move every 1 to 10 ms).
@@ -1611,6 +1613,14 @@ class PathIndex(object):
             "ON CONFLICT (dir, name) DO UPDATE SET attempts = attempts + 1, alone = alone + excluded.alone, "
             "batch = min(batch, excluded.batch), next_at = excluded.next_at, reason = excluded.reason", rows)
 
+    def quarantine(self, files, reason):
+        """Files no task can carry (``reason``): quarantined at once, reported with the others."""
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO failures (dir, name, attempts, alone, batch, next_at, reason) VALUES (?, ?, 0, ?, 1, 0, ?) "
+                "ON CONFLICT (dir, name) DO UPDATE SET alone = excluded.alone, reason = excluded.reason",
+                [(f["dir"], f["name"], self.max_file_failures, reason) for f in files])
+
     def quarantined(self, limit):
         """(count, up to ``limit`` dicts of path, attempts, reason) of the files no longer sent."""
         count = self.conn.execute("SELECT count(*) FROM failures WHERE alone >= ?",
@@ -1669,6 +1679,11 @@ class PathIndex(object):
         return [row[0] for row in self.conn.execute(
             "SELECT path FROM gone WHERE dest = ? AND sub IS NULL AND (hold IS NULL OR hold NOT IN (SELECT id FROM subs)) "
             "ORDER BY path LIMIT ?", (dest_id, int(limit)))]
+
+    def forget_gone(self, dest_id, paths):
+        """Drop queued deletes that must never be sent."""
+        with self.transaction():
+            self.conn.executemany("DELETE FROM gone WHERE dest = ? AND path = ?", [(dest_id, p) for p in paths])
 
     def deleting(self, dest_id):
         """Paths the destination must delete first (queued or in a running delete task): nothing at
@@ -1821,8 +1836,8 @@ class DirTrieSync(object):
                 self.warn("%d paths %s: %s" % (counts[kind], warning, ", ".join(samples[kind])))
         quarantined, failed_files = index.quarantined(config["sample_size"])
         if quarantined:
-            self.warn("%d files failed %d times in a task of their own and are no longer sent until they change "
-                      "(or state=marked with an earlier as_of resets them): %s" % (
+            self.warn("%d files are quarantined (failed %d times in a task of their own, or cannot be addressed) and "
+                      "are no longer sent until they change (or state=marked with an earlier as_of resets them): %s" % (
                           quarantined, index.max_file_failures,
                           "; ".join("%s (%s)" % (f["path"], f["reason"]) for f in failed_files)))
         changed = bool(scan.index_changed or tasks or deletes or directories["created"]
@@ -1996,6 +2011,10 @@ class DirTrieSync(object):
                     active.remove(dest_id)
                     continue
                 files = self.index.candidates(dest_id, config["items_per_task"])
+                home_relative = [f for f in files if self.read_as_home(dest_id, f["path"])]
+                if home_relative:
+                    self.index.quarantine(home_relative, HOME_RELATIVE)
+                    continue  # the next pass takes the candidates that are left
                 if not files:
                     active.remove(dest_id)
                     continue
@@ -2009,6 +2028,13 @@ class DirTrieSync(object):
                     budget -= 1
                     slots[dest_id] -= 1
         return tasks, None if tasks else self.idle_reason(slots)
+
+    def read_as_home(self, dest_id, rel):
+        """Whether Globus would read this file's path as one in the user's home directory: a top
+        level ``~`` under a source or destination path of ``/`` becomes ``/~/...``."""
+        if rel.split("/", 1)[0] != "~":
+            return False
+        return "/" in (join_path(self.config["source_path"], ""), join_path(self.destinations[dest_id]["path"], ""))
 
     def idle_reason(self, slots):
         """Why a run submitted nothing, as the index says it."""
@@ -2103,6 +2129,13 @@ class DirTrieSync(object):
             destination = self.destinations[dest_id]
             while True:
                 paths = self.index.gone_paths(dest_id, config["items_per_task"])
+                home_relative = [p for p in paths if self.read_as_home(dest_id, p)]
+                if home_relative:
+                    # A delete of /~/... would remove files in the user's home directory there.
+                    self.index.forget_gone(dest_id, home_relative)
+                    shown = ", ".join(shown_name(p) for p in home_relative[:5])
+                    self.warn("not deleted on %s: %s (%s)" % (destination["collection"], shown, HOME_RELATIVE))
+                    continue
                 if not paths or not self.room_for_task():
                     break
                 label = render_label(config["label"], route=self.job, items=len(paths),

@@ -200,6 +200,8 @@ options:
       - Delete on every destination the files (and directories) that were sent and then deleted from the
         source, with delete tasks submitted exactly once. Off by default, deleted paths are only pruned
         from the index and reported.
+      - A path Globus would read as one in the home directory (a top-level directory named C(~) where a
+        destination path is C(/)) is never deleted; a warning names it.
     type: bool
     default: false
   sample_size:
@@ -493,8 +495,10 @@ diff:
   sample: {prepared: "0d3a...:/replica\n+ run1/frame_00.h5\n+ ... and 41 more\n- old/frame.h5\n"}
 quarantined:
   description:
-    - Files no longer sent after O(max_file_failures) failures of their own, with up to O(sample_size)
-      of them, each with its path, its failed attempts and the reason the last failure gave.
+    - Files no longer sent after O(max_file_failures) failures of their own, or at once when Globus cannot
+      address them (a top-level directory named C(~) where O(source_path) or a destination path is C(/):
+      Globus reads C(/~/) as the home directory), with up to O(sample_size) of them, each with its path,
+      its failed attempts and the reason.
   returned: when O(state=present)
   type: dict
   sample: {count: 1, files: [{path: "run1/locked.h5", attempts: 7, reason: "skipped: PERMISSION_DENIED ..."}]}
