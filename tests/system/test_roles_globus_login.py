@@ -52,7 +52,7 @@ def service_host(sshd):
         })
         yield hosts, user, home
     finally:
-        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["userdel", user], capture_output=True, check=False)
         hosts.cleanup()
 
 
