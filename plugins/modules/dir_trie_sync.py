@@ -496,8 +496,8 @@ diff:
 quarantined:
   description:
     - Files no longer sent after O(max_file_failures) failures of their own, or at once when Globus cannot
-      address them (a top-level directory named C(~) where O(source_path) or a destination path is C(/):
-      Globus reads C(/~/) as the home directory), with up to O(sample_size) of them, each with its path,
+      address them (a top-level directory named C(~) where O(source_path) or a destination path is C(/),
+      since Globus reads C(/~/) as the home directory), with up to O(sample_size) of them, each with its path,
       its failed attempts and the reason.
   returned: when O(state=present)
   type: dict
