@@ -676,8 +676,8 @@ def main():
             sample_size=dict(type="int", default=20),
             scan_workers=dict(type="int", default=0),
             label=dict(type="str", default="{route} {date}"),
-            **_transfers.TRANSFER_ARGUMENT_SPEC,
-            **_transfers.TASK_BUDGET_ARGUMENT_SPEC
+            # One unpacking: a module must still compile on the old Pythons it refuses (see _python_floor).
+            **dict(_transfers.TRANSFER_ARGUMENT_SPEC, **_transfers.TASK_BUDGET_ARGUMENT_SPEC)
         ),
         uses_globus=True,
         mutually_exclusive=_transfers.TRANSFER_MUTUALLY_EXCLUSIVE,

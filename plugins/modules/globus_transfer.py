@@ -503,8 +503,8 @@ def main():
             )),
             delete_destination_extra=dict(type="bool", default=False),
             delete_after_success=dict(type="bool", default=False),
-            **_transfers.TRANSFER_ARGUMENT_SPEC,
-            **_transfers.TASK_BUDGET_ARGUMENT_SPEC
+            # One unpacking: a module must still compile on the old Pythons it refuses (see _python_floor).
+            **dict(_transfers.TRANSFER_ARGUMENT_SPEC, **_transfers.TASK_BUDGET_ARGUMENT_SPEC)
         ),
         uses_globus=True,
         mutually_exclusive=_transfers.TRANSFER_MUTUALLY_EXCLUSIVE,
