@@ -13,9 +13,8 @@ import uuid
 
 import pytest
 
-from globus_setup import DST, SRC, client_env
-
-MODULE = "scidata.replication.dir_trie_sync"
+from globus_setup import DST, SRC
+from test_dir_trie_sync_delivery import run, write
 
 
 @pytest.fixture(autouse=True)
@@ -23,19 +22,6 @@ def clean_emulator(emulator):
     emulator.reset()
     yield
     emulator.reset()
-
-
-def write(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-def run(ansible, emulator, args):
-    result, output = ansible.run(MODULE, args, extra_env=client_env(emulator))
-    assert not result.get("failed"), (result, output[-3000:])
-    emulator.wait_idle()
-    return result
 
 
 def test_a_top_level_tilde_directory_is_quarantined_and_never_deleted_in_the_home(ansible, emulator, tmp_path):

@@ -12,9 +12,8 @@ import uuid
 
 import pytest
 
-from globus_setup import DST, SRC, client_env
-
-MODULE = "scidata.replication.dir_trie_sync"
+from globus_setup import DST, SRC
+from test_dir_trie_sync_delivery import read, run, write
 
 
 @pytest.fixture(autouse=True)
@@ -22,25 +21,6 @@ def clean_emulator(emulator):
     emulator.reset()
     yield
     emulator.reset()
-
-
-def write(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-def read(path):
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def run(ansible, emulator, args, wait=True):
-    result, output = ansible.run(MODULE, args, extra_env=client_env(emulator))
-    assert not result.get("failed"), (result, output[-3000:])
-    if wait:
-        emulator.wait_idle()
-    return result
 
 
 def task_statuses(state_db):
